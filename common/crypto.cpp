@@ -1,0 +1,220 @@
+#include "crypto.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "base64.h"
+
+namespace mailapi {
+
+const Keyring::Entry *Keyring::find(std::string_view id) const {
+    for (const Entry &e : data_keys) {
+        if (e.id == id) return &e;
+    }
+    return nullptr;
+}
+
+static bool keyring_id_valid(std::string_view id) {
+    if (id.empty() || id.size() > 32) return false;
+    for (char c : id) {
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool keyring_parse(std::string_view text, Keyring &ring, std::string &err) {
+    Keyring r;
+    std::istringstream in{std::string(text)};
+    std::string line;
+    int lineno = 0;
+    while (std::getline(in, line)) {
+        lineno++;
+        std::istringstream fields(line);
+        std::string id, b64, extra;
+        if (!(fields >> id) || id[0] == '#') continue;
+        std::string where = "line " + std::to_string(lineno) + ": ";
+        if (!(fields >> b64) || (fields >> extra)) {
+            err = where + "expected \"<key id> <base64 key>\"";
+            return false;
+        }
+        if (!keyring_id_valid(id)) {
+            err = where + "key id must be 1-32 of [A-Za-z0-9_-]";
+            return false;
+        }
+        std::string raw;
+        if (!base64_decode(b64, raw) || raw.size() != 32) {
+            err = where + "key must be base64 of exactly 32 bytes";
+            return false;
+        }
+        Key256 key;
+        std::copy(raw.begin(), raw.end(), key.begin());
+        if (id == "index") {
+            if (r.has_index_key) {
+                err = where + "duplicate \"index\" key";
+                return false;
+            }
+            r.index_key = key;
+            r.has_index_key = true;
+        } else {
+            if (r.find(id)) {
+                err = where + "duplicate key id \"" + id + "\"";
+                return false;
+            }
+            r.data_keys.push_back({id, key});
+        }
+    }
+    if (!r.has_index_key) {
+        err = "no \"index\" key (the blind-index key for recipient lookups)";
+        return false;
+    }
+    if (r.data_keys.empty()) {
+        err = "no data key: add a line \"<key id> <base64 of 32 bytes>\"";
+        return false;
+    }
+    ring = std::move(r);
+    return true;
+}
+
+bool keyring_load(const std::string &path, Keyring &ring, std::string &err) {
+    std::ifstream f(path);
+    if (!f) {
+        err = "cannot open keyring \"" + path + "\"";
+        return false;
+    }
+    std::stringstream ss;
+    ss << f.rdbuf();
+    if (!keyring_parse(ss.str(), ring, err)) {
+        err = "keyring \"" + path + "\" " + err;
+        return false;
+    }
+    return true;
+}
+
+std::string envelope_aad(std::string_view tenant, std::string_view message_id) {
+    std::string aad = "mailapi-v1";
+    aad.push_back('\0');
+    aad.append(tenant);
+    aad.push_back('\0');
+    aad.append(message_id);
+    return aad;
+}
+
+namespace {
+struct CipherCtxFree {
+    void operator()(EVP_CIPHER_CTX *c) const { EVP_CIPHER_CTX_free(c); }
+};
+using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree>;
+constexpr size_t NONCE_LEN = 12;
+constexpr size_t TAG_LEN = 16;
+}  // namespace
+
+bool envelope_seal(const Keyring &ring, std::string_view aad, std::string_view plaintext,
+                   std::string &out) {
+    if (ring.data_keys.empty()) return false;
+    const Keyring::Entry &k = ring.active();
+    std::string raw(NONCE_LEN + plaintext.size() + TAG_LEN, '\0');
+    auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
+    if (!random_bytes(nonce, NONCE_LEN)) return false;
+    CipherCtx ctx(EVP_CIPHER_CTX_new());
+    int len = 0;
+    if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k.key.data(), nonce) != 1 ||
+        EVP_EncryptUpdate(ctx.get(), nullptr, &len,
+                          reinterpret_cast<const unsigned char *>(aad.data()),
+                          static_cast<int>(aad.size())) != 1 ||
+        EVP_EncryptUpdate(ctx.get(), nonce + NONCE_LEN, &len,
+                          reinterpret_cast<const unsigned char *>(plaintext.data()),
+                          static_cast<int>(plaintext.size())) != 1 ||
+        EVP_EncryptFinal_ex(ctx.get(), nonce + NONCE_LEN + len, &len) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, TAG_LEN,
+                            nonce + NONCE_LEN + plaintext.size()) != 1) {
+        return false;
+    }
+    out = k.id + "." + base64url_encode(raw);
+    return true;
+}
+
+bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view envelope,
+                   std::string &out) {
+    size_t dot = envelope.find('.');
+    if (dot == std::string_view::npos) return false;
+    const Keyring::Entry *k = ring.find(envelope.substr(0, dot));
+    std::string raw;
+    if (!k || !base64url_decode(envelope.substr(dot + 1), raw) || raw.size() < NONCE_LEN + TAG_LEN) {
+        return false;
+    }
+    auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
+    size_t ct_len = raw.size() - NONCE_LEN - TAG_LEN;
+    std::string pt(ct_len, '\0');
+    CipherCtx ctx(EVP_CIPHER_CTX_new());
+    int len = 0;
+    if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k->key.data(), nonce) != 1 ||
+        EVP_DecryptUpdate(ctx.get(), nullptr, &len,
+                          reinterpret_cast<const unsigned char *>(aad.data()),
+                          static_cast<int>(aad.size())) != 1 ||
+        EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char *>(pt.data()), &len,
+                          nonce + NONCE_LEN, static_cast<int>(ct_len)) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, TAG_LEN, nonce + NONCE_LEN + ct_len) != 1 ||
+        EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char *>(pt.data()) + len, &len) != 1) {
+        return false;
+    }
+    out.swap(pt);
+    return true;
+}
+
+std::string blind_index(const Keyring &ring, std::string_view addr) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    HMAC(EVP_sha256(), ring.index_key.data(), static_cast<int>(ring.index_key.size()),
+         reinterpret_cast<const unsigned char *>(addr.data()), addr.size(), md, &len);
+    return base64url_encode(std::string_view(reinterpret_cast<char *>(md), len));
+}
+
+bool random_bytes(void *buf, size_t len) {
+    return RAND_bytes(static_cast<unsigned char *>(buf), static_cast<int>(len)) == 1;
+}
+
+static const char CROCKFORD[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+bool message_id_new(int64_t now_ms, std::string &out) {
+    unsigned char bits[16];
+    uint64_t t = static_cast<uint64_t>(now_ms);
+    for (int i = 5; i >= 0; i--) {
+        bits[i] = static_cast<unsigned char>(t & 0xff);
+        t >>= 8;
+    }
+    if (!random_bytes(bits + 6, 10)) return false;
+    // 128 bits as 26 base32 digits: the first digit carries the top 3 bits.
+    std::string id = "msg_";
+    unsigned acc = 0;
+    int nbits = 2;  // pad 2 zero bits in front so 130 bits split into 26 digits
+    for (unsigned char b : bits) {
+        acc = (acc << 8) | b;
+        nbits += 8;
+        while (nbits >= 5) {
+            id.push_back(CROCKFORD[(acc >> (nbits - 5)) & 31]);
+            nbits -= 5;
+        }
+    }
+    out = id;
+    return true;
+}
+
+bool message_id_valid(std::string_view id) {
+    if (id.size() != 30 || id.substr(0, 4) != "msg_") return false;
+    for (char c : id.substr(4)) {
+        bool ok = false;
+        for (const char *p = CROCKFORD; *p; p++) ok |= (*p == c);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+}  // namespace mailapi

@@ -1,0 +1,629 @@
+#include "message.h"
+
+#include <jansson.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <memory>
+
+#include "base64.h"
+
+namespace mailapi {
+
+namespace {
+
+struct JsonFree {
+    void operator()(json_t *j) const { json_decref(j); }
+};
+using Json = std::unique_ptr<json_t, JsonFree>;
+
+bool fail(FieldError &err, std::string code, std::string message, std::string field,
+          int status = 422) {
+    err.status = status;
+    err.code = std::move(code);
+    err.message = std::move(message);
+    err.field = std::move(field);
+    return false;
+}
+
+bool is_atext(unsigned char c) {
+    if (c >= 0x80) return true;  // UTF-8 (SMTPUTF8, RFC 6531)
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    return std::strchr("!#$%&'*+/=?^_`{|}~-", c) != nullptr && c != '\0';
+}
+
+bool local_part_valid(std::string_view s) {
+    if (s.empty() || s.size() > 64) return false;
+    if (s.front() == '"') {
+        if (s.size() < 2 || s.back() != '"') return false;
+        for (size_t i = 1; i + 1 < s.size(); i++) {
+            unsigned char c = static_cast<unsigned char>(s[i]);
+            if (c == '\\') {
+                if (++i + 1 >= s.size()) return false;
+                c = static_cast<unsigned char>(s[i]);
+                if (c < 0x20 || c == 0x7f) return false;
+            } else if (c == '"' || c < 0x20 || c == 0x7f) {
+                return false;
+            }
+        }
+        return true;
+    }
+    if (s.front() == '.' || s.back() == '.') return false;
+    for (size_t i = 0; i < s.size(); i++) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c == '.') {
+            if (s[i - 1] == '.') return false;
+        } else if (!is_atext(c)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool domain_valid(std::string_view d) {
+    if (d.empty() || d.size() > 253) return false;
+    if (d.front() == '[') {  // address literal: [192.0.2.1] or [IPv6:...]
+        if (d.back() != ']' || d.size() < 3) return false;
+        for (char c : d.substr(1, d.size() - 2)) {
+            if (!(std::isxdigit(static_cast<unsigned char>(c)) || c == '.' || c == ':' ||
+                  std::strchr("IPvV6", c))) {
+                return false;
+            }
+        }
+        return true;
+    }
+    size_t labels = 0, start = 0;
+    bool last_numeric = true;
+    while (start <= d.size()) {
+        size_t dot = d.find('.', start);
+        std::string_view label = d.substr(start, dot == std::string_view::npos ? dot : dot - start);
+        if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') {
+            return false;
+        }
+        last_numeric = true;
+        for (char ch : label) {
+            unsigned char c = static_cast<unsigned char>(ch);
+            bool ok = c >= 0x80 || std::isalnum(c) || c == '-';
+            if (!ok) return false;
+            if (!std::isdigit(c)) last_numeric = false;
+        }
+        labels++;
+        if (dot == std::string_view::npos) break;
+        start = dot + 1;
+    }
+    return labels >= 2 && !last_numeric;
+}
+
+bool has_control(std::string_view s, bool allow_tab) {
+    for (unsigned char c : s) {
+        if ((c < 0x20 && !(allow_tab && c == '\t')) || c == 0x7f) return true;
+    }
+    return false;
+}
+
+bool token_chars(std::string_view s, size_t max) {
+    if (s.empty() || s.size() > max) return false;
+    for (unsigned char c : s) {
+        if (!(std::isalnum(c) || c == '_' || c == '-' || c == '.' || c == ':')) return false;
+    }
+    return true;
+}
+
+// Headers the service composes itself; letting a caller set them would let
+// one request forge another's envelope or break the MIME structure.
+const char *const STRUCTURAL_HEADERS[] = {
+    "from", "to", "cc", "bcc", "reply-to", "sender", "subject", "date", "message-id",
+    "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+    "return-path", "received", "dkim-signature", "resent-from", "resent-to", "resent-cc",
+    "resent-bcc", "resent-sender", "resent-date", "resent-message-id", "in-reply-to-envelope",
+};
+
+bool header_structural(std::string_view name) {
+    std::string lower(name);
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    for (const char *h : STRUCTURAL_HEADERS) {
+        if (lower == h) return true;
+    }
+    return false;
+}
+
+bool header_name_valid(std::string_view n) {
+    if (n.empty() || n.size() > 76) return false;
+    for (unsigned char c : n) {
+        if (c < 33 || c > 126 || c == ':') return false;
+    }
+    return true;
+}
+
+bool content_type_valid(std::string_view s) {
+    size_t slash = s.find('/');
+    if (slash == std::string_view::npos || slash == 0 || slash + 1 == s.size() || s.size() > 127) {
+        return false;
+    }
+    for (size_t i = 0; i < s.size(); i++) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        if (i == slash) continue;
+        if (!(std::isalnum(c) || std::strchr("!#$&^_.+-", c))) return false;
+    }
+    return true;
+}
+
+size_t base64_decoded_size(std::string_view b64) {
+    size_t pad = 0;
+    if (!b64.empty() && b64.back() == '=') pad++;
+    if (b64.size() >= 2 && b64[b64.size() - 2] == '=') pad++;
+    return b64.size() / 4 * 3 - pad;
+}
+
+class Parser {
+public:
+    Parser(const MessageLimits &l, int64_t now, Message &m, FieldError &e)
+        : limits_(l), now_(now), msg_(m), err_(e) {}
+
+    bool parse(json_t *root) {
+        if (!json_is_object(root)) {
+            return fail(err_, "invalid_type", "the request body must be a JSON object", "", 422);
+        }
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v) {
+            static const char *const known[] = {"from", "to", "cc", "bcc", "reply_to", "subject",
+                                                "text", "html", "headers", "attachments", "tags",
+                                                "metadata", "send_at"};
+            if (std::none_of(std::begin(known), std::end(known),
+                             [&](const char *k) { return std::strcmp(k, key) == 0; })) {
+                return fail(err_, "unknown_field", "unknown field", key);
+            }
+        }
+        json_t *from = json_object_get(root, "from");
+        if (!from) return fail(err_, "required", "from is required", "from");
+        if (!address(from, "from", msg_.from)) return false;
+        if (!address_list(root, "to", msg_.to, true) || !address_list(root, "cc", msg_.cc, false) ||
+            !address_list(root, "bcc", msg_.bcc, false)) {
+            return false;
+        }
+        if (msg_.to.size() + msg_.cc.size() + msg_.bcc.size() > limits_.max_recipients) {
+            return fail(err_, "too_many_recipients",
+                        "to, cc and bcc together allow at most " +
+                            std::to_string(limits_.max_recipients) + " recipients",
+                        "to");
+        }
+        if (json_t *rt = json_object_get(root, "reply_to")) {
+            if (!address(rt, "reply_to", msg_.reply_to)) return false;
+            msg_.has_reply_to = true;
+        }
+        if (!string_field(root, "subject", msg_.subject, true, limits_.max_subject_bytes) ||
+            !string_field(root, "text", msg_.text, false, limits_.max_body_bytes) ||
+            !string_field(root, "html", msg_.html, false, limits_.max_body_bytes)) {
+            return false;
+        }
+        if (has_control(msg_.subject, true)) {
+            return fail(err_, "invalid_value", "subject must not contain control characters",
+                        "subject");
+        }
+        if (msg_.text.empty() && msg_.html.empty()) {
+            return fail(err_, "required", "at least one of text and html is required", "text");
+        }
+        return headers(root) && attachments(root) && tags(root) && metadata(root) && send_at(root);
+    }
+
+private:
+    bool address(json_t *v, const std::string &path, Address &out) {
+        json_t *email = v;
+        if (json_is_object(v)) {
+            const char *key;
+            json_t *f;
+            json_object_foreach(v, key, f) {
+                if (std::strcmp(key, "email") != 0 && std::strcmp(key, "name") != 0) {
+                    return fail(err_, "unknown_field", "unknown field", path + "." + key);
+                }
+            }
+            email = json_object_get(v, "email");
+            if (!email) return fail(err_, "required", "email is required", path + ".email");
+            json_t *name = json_object_get(v, "name");
+            if (name) {
+                if (!json_is_string(name)) {
+                    return fail(err_, "invalid_type", "name must be a string", path + ".name");
+                }
+                out.name.assign(json_string_value(name), json_string_length(name));
+                if (out.name.size() > 256 || has_control(out.name, false)) {
+                    return fail(err_, "invalid_value",
+                                "name must be at most 256 bytes without control characters",
+                                path + ".name");
+                }
+            }
+        } else if (!json_is_string(v)) {
+            return fail(err_, "invalid_type", "an address is a string or {\"email\",\"name\"}",
+                        path);
+        }
+        std::string field = json_is_object(v) ? path + ".email" : path;
+        if (!json_is_string(email)) return fail(err_, "invalid_type", "email must be a string", field);
+        std::string_view s(json_string_value(email), json_string_length(email));
+        if (!address_valid(s)) return fail(err_, "invalid_address", "not a valid e-mail address", field);
+        out.email.assign(s);
+        return true;
+    }
+
+    bool address_list(json_t *root, const char *name, std::vector<Address> &out, bool required) {
+        json_t *v = json_object_get(root, name);
+        if (!v) {
+            return required ? fail(err_, "required", std::string(name) + " is required", name) : true;
+        }
+        if (!json_is_array(v)) {
+            return fail(err_, "invalid_type", std::string(name) + " must be an array of addresses",
+                        name);
+        }
+        if (required && json_array_size(v) == 0) {
+            return fail(err_, "required", std::string(name) + " needs at least one address", name);
+        }
+        if (json_array_size(v) > limits_.max_recipients) {
+            return fail(err_, "too_many_recipients",
+                        "at most " + std::to_string(limits_.max_recipients) + " recipients", name);
+        }
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item) {
+            Address a;
+            if (!address(item, std::string(name) + "[" + std::to_string(i) + "]", a)) return false;
+            out.push_back(std::move(a));
+        }
+        return true;
+    }
+
+    bool string_field(json_t *root, const char *name, std::string &out, bool required, size_t max) {
+        json_t *v = json_object_get(root, name);
+        if (!v) return required ? fail(err_, "required", std::string(name) + " is required", name) : true;
+        if (!json_is_string(v)) {
+            return fail(err_, "invalid_type", std::string(name) + " must be a string", name);
+        }
+        out.assign(json_string_value(v), json_string_length(v));
+        if (out.size() > max) {
+            return fail(err_, "too_long",
+                        std::string(name) + " must be at most " + std::to_string(max) + " bytes",
+                        name);
+        }
+        if (out.find('\0') != std::string::npos) {
+            return fail(err_, "invalid_value", std::string(name) + " must not contain NUL", name);
+        }
+        if (required && out.empty()) {
+            return fail(err_, "required", std::string(name) + " must not be empty", name);
+        }
+        return true;
+    }
+
+    bool string_map(json_t *root, const char *name, size_t max_count, size_t max_value,
+                    std::vector<std::pair<std::string, std::string>> &out, bool is_header) {
+        json_t *v = json_object_get(root, name);
+        if (!v) return true;
+        if (!json_is_object(v)) {
+            return fail(err_, "invalid_type", std::string(name) + " must be an object of strings",
+                        name);
+        }
+        if (json_object_size(v) > max_count) {
+            return fail(err_, "too_many", "at most " + std::to_string(max_count) + " entries", name);
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach(v, key, val) {
+            std::string path = std::string(name) + "." + key;
+            if (is_header) {
+                if (!header_name_valid(key)) {
+                    return fail(err_, "invalid_header", "not a valid header name", path);
+                }
+                if (header_structural(key)) {
+                    return fail(err_, "forbidden_header",
+                                "this header is set by the service and cannot be overridden", path);
+                }
+            } else if (!token_chars(key, 64)) {
+                return fail(err_, "invalid_value", "keys are 1-64 of [A-Za-z0-9_.:-]", path);
+            }
+            if (!json_is_string(val)) return fail(err_, "invalid_type", "must be a string", path);
+            std::string s(json_string_value(val), json_string_length(val));
+            if (s.size() > max_value) {
+                return fail(err_, "too_long", "must be at most " + std::to_string(max_value) + " bytes",
+                            path);
+            }
+            if (has_control(s, is_header)) {
+                return fail(err_, is_header ? "invalid_header" : "invalid_value",
+                            "must not contain CR, LF or other control characters", path);
+            }
+            out.emplace_back(key, std::move(s));
+        }
+        return true;
+    }
+
+    bool headers(json_t *root) {
+        return string_map(root, "headers", limits_.max_headers, 998, msg_.headers, true);
+    }
+
+    bool metadata(json_t *root) {
+        return string_map(root, "metadata", limits_.max_metadata, 512, msg_.metadata, false);
+    }
+
+    bool tags(json_t *root) {
+        json_t *v = json_object_get(root, "tags");
+        if (!v) return true;
+        if (!json_is_array(v)) return fail(err_, "invalid_type", "tags must be an array of strings", "tags");
+        if (json_array_size(v) > limits_.max_tags) {
+            return fail(err_, "too_many", "at most " + std::to_string(limits_.max_tags) + " tags", "tags");
+        }
+        size_t i;
+        json_t *t;
+        json_array_foreach(v, i, t) {
+            std::string path = "tags[" + std::to_string(i) + "]";
+            if (!json_is_string(t)) return fail(err_, "invalid_type", "a tag is a string", path);
+            std::string s(json_string_value(t), json_string_length(t));
+            if (!token_chars(s, 64)) return fail(err_, "invalid_value", "tags are 1-64 of [A-Za-z0-9_.:-]", path);
+            msg_.tags.push_back(std::move(s));
+        }
+        return true;
+    }
+
+    bool attachments(json_t *root) {
+        json_t *v = json_object_get(root, "attachments");
+        if (!v) return true;
+        if (!json_is_array(v)) {
+            return fail(err_, "invalid_type", "attachments must be an array", "attachments");
+        }
+        if (json_array_size(v) > limits_.max_attachments) {
+            return fail(err_, "too_many",
+                        "at most " + std::to_string(limits_.max_attachments) + " attachments",
+                        "attachments");
+        }
+        size_t i, total = 0;
+        json_t *a;
+        json_array_foreach(v, i, a) {
+            std::string path = "attachments[" + std::to_string(i) + "]";
+            if (!json_is_object(a)) return fail(err_, "invalid_type", "an attachment is an object", path);
+            const char *key;
+            json_t *f;
+            json_object_foreach(a, key, f) {
+                if (std::strcmp(key, "filename") && std::strcmp(key, "content_type") &&
+                    std::strcmp(key, "content")) {
+                    return fail(err_, "unknown_field", "unknown field", path + "." + key);
+                }
+            }
+            Attachment att;
+            if (!string_field(a, "filename", att.filename, true, 255) ||
+                !string_field(a, "content", att.content_base64, true, SIZE_MAX)) {
+                err_.field = path + "." + err_.field;
+                return false;
+            }
+            if (has_control(att.filename, false) || att.filename.find_first_of("/\\") != std::string::npos) {
+                return fail(err_, "invalid_value", "filename must not contain control characters or slashes",
+                            path + ".filename");
+            }
+            json_t *ct = json_object_get(a, "content_type");
+            if (ct) {
+                if (!json_is_string(ct) || !content_type_valid(json_string_value(ct))) {
+                    return fail(err_, "invalid_value", "content_type must be a MIME type such as text/csv",
+                                path + ".content_type");
+                }
+                att.content_type = json_string_value(ct);
+            } else {
+                att.content_type = "application/octet-stream";
+            }
+            std::string decoded;
+            if (!base64_decode(att.content_base64, decoded)) {
+                return fail(err_, "invalid_base64", "content must be standard base64", path + ".content");
+            }
+            size_t size = base64_decoded_size(att.content_base64);
+            if (size > limits_.max_attachment_bytes) {
+                return fail(err_, "too_large",
+                            "an attachment may be at most " + std::to_string(limits_.max_attachment_bytes) +
+                                " bytes",
+                            path + ".content");
+            }
+            total += size;
+            if (total > limits_.max_attachments_total) {
+                return fail(err_, "too_large",
+                            "attachments together may be at most " +
+                                std::to_string(limits_.max_attachments_total) + " bytes",
+                            path + ".content");
+            }
+            msg_.attachments.push_back(std::move(att));
+        }
+        return true;
+    }
+
+    bool send_at(json_t *root) {
+        json_t *v = json_object_get(root, "send_at");
+        if (!v) return true;
+        if (!json_is_string(v)) {
+            return fail(err_, "invalid_type", "send_at must be an RFC 3339 timestamp string", "send_at");
+        }
+        int64_t t;
+        if (!rfc3339_parse(json_string_value(v), t)) {
+            return fail(err_, "invalid_value", "send_at must be RFC 3339, e.g. 2026-01-02T15:04:05Z",
+                        "send_at");
+        }
+        if (now_ && t > now_ + limits_.max_send_at_horizon) {
+            return fail(err_, "invalid_value",
+                        "send_at may be at most " + std::to_string(limits_.max_send_at_horizon) +
+                            " seconds ahead",
+                        "send_at");
+        }
+        msg_.send_at = (now_ && t <= now_) ? 0 : t;
+        return true;
+    }
+
+    const MessageLimits &limits_;
+    int64_t now_;
+    Message &msg_;
+    FieldError &err_;
+};
+
+json_t *address_json(const Address &a) {
+    json_t *o = json_object();
+    json_object_set_new(o, "email", json_stringn(a.email.data(), a.email.size()));
+    if (!a.name.empty()) json_object_set_new(o, "name", json_stringn(a.name.data(), a.name.size()));
+    return o;
+}
+
+json_t *address_list_json(const std::vector<Address> &list) {
+    json_t *arr = json_array();
+    for (const Address &a : list) json_array_append_new(arr, address_json(a));
+    return arr;
+}
+
+json_t *pairs_json(const std::vector<std::pair<std::string, std::string>> &pairs) {
+    json_t *o = json_object();
+    for (const auto &p : pairs) {
+        json_object_set_new(o, p.first.c_str(), json_stringn(p.second.data(), p.second.size()));
+    }
+    return o;
+}
+
+int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = static_cast<unsigned>(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+}  // namespace
+
+bool address_valid(std::string_view addr) {
+    if (addr.size() < 3 || addr.size() > 254 || has_control(addr, false)) return false;
+    size_t at = addr.rfind('@');
+    if (at == std::string_view::npos) return false;
+    return local_part_valid(addr.substr(0, at)) && domain_valid(addr.substr(at + 1));
+}
+
+std::string address_normalise(std::string_view addr) {
+    std::string out(addr);
+    for (char &c : out) {
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    }
+    return out;
+}
+
+std::vector<std::string> message_recipients(const Message &msg) {
+    std::vector<std::string> out;
+    for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
+        for (const Address &a : *list) {
+            std::string n = address_normalise(a.email);
+            if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(std::move(n));
+        }
+    }
+    return out;
+}
+
+bool message_parse(std::string_view json, const MessageLimits &limits, int64_t now, Message &msg,
+                   FieldError &err) {
+    json_error_t jerr;
+    Json root(json_loadb(json.data(), json.size(), JSON_REJECT_DUPLICATES, &jerr));
+    if (!root) {
+        return fail(err, "invalid_json",
+                    std::string("malformed JSON at line ") + std::to_string(jerr.line) + ", column " +
+                        std::to_string(jerr.column) + ": " + jerr.text,
+                    "", 400);
+    }
+    Message m;
+    if (!Parser(limits, now, m, err).parse(root.get())) return false;
+    msg = std::move(m);
+    return true;
+}
+
+std::string message_to_json(const Message &m) {
+    Json o(json_object());
+    json_object_set_new(o.get(), "from", address_json(m.from));
+    json_object_set_new(o.get(), "to", address_list_json(m.to));
+    if (!m.cc.empty()) json_object_set_new(o.get(), "cc", address_list_json(m.cc));
+    if (!m.bcc.empty()) json_object_set_new(o.get(), "bcc", address_list_json(m.bcc));
+    if (m.has_reply_to) json_object_set_new(o.get(), "reply_to", address_json(m.reply_to));
+    json_object_set_new(o.get(), "subject", json_stringn(m.subject.data(), m.subject.size()));
+    if (!m.text.empty()) json_object_set_new(o.get(), "text", json_stringn(m.text.data(), m.text.size()));
+    if (!m.html.empty()) json_object_set_new(o.get(), "html", json_stringn(m.html.data(), m.html.size()));
+    if (!m.headers.empty()) json_object_set_new(o.get(), "headers", pairs_json(m.headers));
+    if (!m.attachments.empty()) {
+        json_t *arr = json_array();
+        for (const Attachment &a : m.attachments) {
+            json_t *ao = json_object();
+            json_object_set_new(ao, "filename", json_string(a.filename.c_str()));
+            json_object_set_new(ao, "content_type", json_string(a.content_type.c_str()));
+            json_object_set_new(ao, "content",
+                                json_stringn(a.content_base64.data(), a.content_base64.size()));
+            json_array_append_new(arr, ao);
+        }
+        json_object_set_new(o.get(), "attachments", arr);
+    }
+    if (!m.tags.empty()) {
+        json_t *arr = json_array();
+        for (const std::string &t : m.tags) json_array_append_new(arr, json_string(t.c_str()));
+        json_object_set_new(o.get(), "tags", arr);
+    }
+    if (!m.metadata.empty()) json_object_set_new(o.get(), "metadata", pairs_json(m.metadata));
+    if (m.send_at) {
+        json_object_set_new(o.get(), "send_at", json_string(rfc3339_format_ms(m.send_at * 1000).c_str()));
+    }
+    char *s = json_dumps(o.get(), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    std::string out = s ? s : "";
+    free(s);
+    return out;
+}
+
+bool rfc3339_parse(std::string_view s, int64_t &out) {
+    // YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)
+    auto digits = [&](size_t pos, size_t n, int &v) {
+        if (pos + n > s.size()) return false;
+        v = 0;
+        for (size_t i = pos; i < pos + n; i++) {
+            if (s[i] < '0' || s[i] > '9') return false;
+            v = v * 10 + (s[i] - '0');
+        }
+        return true;
+    };
+    int Y, M, D, h, m, sec;
+    if (s.size() < 20 || !digits(0, 4, Y) || s[4] != '-' || !digits(5, 2, M) || s[7] != '-' ||
+        !digits(8, 2, D) || (s[10] != 'T' && s[10] != 't') || !digits(11, 2, h) || s[13] != ':' ||
+        !digits(14, 2, m) || s[16] != ':' || !digits(17, 2, sec)) {
+        return false;
+    }
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    if (M < 1 || M > 12 || D < 1 || D > mdays[M - 1] || (M == 2 && D == 29 && !leap) || h > 23 ||
+        m > 59 || sec > 60) {
+        return false;
+    }
+    size_t pos = 19;
+    if (pos < s.size() && s[pos] == '.') {
+        size_t start = ++pos;
+        while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') pos++;
+        if (pos == start || pos - start > 9) return false;
+    }
+    int offset = 0;
+    if (pos < s.size() && (s[pos] == 'Z' || s[pos] == 'z')) {
+        pos++;
+    } else if (pos < s.size() && (s[pos] == '+' || s[pos] == '-')) {
+        int oh, om;
+        if (!digits(pos + 1, 2, oh) || pos + 3 >= s.size() || s[pos + 3] != ':' ||
+            !digits(pos + 4, 2, om) || oh > 23 || om > 59) {
+            return false;
+        }
+        offset = (oh * 60 + om) * 60 * (s[pos] == '+' ? 1 : -1);
+        pos += 6;
+    } else {
+        return false;
+    }
+    if (pos != s.size()) return false;
+    out = days_from_civil(Y, static_cast<unsigned>(M), static_cast<unsigned>(D)) * 86400 + h * 3600 +
+          m * 60 + (sec == 60 ? 59 : sec) - offset;
+    return true;
+}
+
+std::string rfc3339_format_ms(int64_t ms) {
+    time_t secs = static_cast<time_t>(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char buf[64];
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+    return buf;
+}
+
+}  // namespace mailapi

@@ -1,0 +1,71 @@
+// The message model of the public API: parsing and validation of a send
+// request, and the canonical JSON that is encrypted into the envelope.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace mailapi {
+
+struct Address {
+    std::string email;
+    std::string name;  // display name, may be empty
+};
+
+struct Attachment {
+    std::string filename;
+    std::string content_type;
+    std::string content_base64;
+};
+
+struct Message {
+    Address from;
+    std::vector<Address> to, cc, bcc;
+    bool has_reply_to = false;
+    Address reply_to;
+    std::string subject, text, html;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::vector<Attachment> attachments;
+    std::vector<std::string> tags;
+    std::vector<std::pair<std::string, std::string>> metadata;
+    int64_t send_at = 0;  // unix seconds, 0 = now
+};
+
+struct MessageLimits {
+    size_t max_recipients = 50;          // to + cc + bcc
+    size_t max_subject_bytes = 998;
+    size_t max_body_bytes = 1 << 20;     // text and html each
+    size_t max_headers = 50;
+    size_t max_attachments = 10;
+    size_t max_attachment_bytes = 5 << 20;   // decoded, each
+    size_t max_attachments_total = 10 << 20; // decoded, all together
+    size_t max_tags = 10;
+    size_t max_metadata = 20;
+    int64_t max_send_at_horizon = 72 * 3600;
+};
+
+struct FieldError {
+    int status = 0;        // 400 or 422
+    std::string code;      // snake_case
+    std::string message;   // for a human, never echoes personal data
+    std::string field;     // JSON path, e.g. "to[1]"
+};
+
+// `now` (unix seconds) bounds send_at; pass 0 for a stored envelope whose
+// send_at was checked when it was accepted.
+bool message_parse(std::string_view json, const MessageLimits &limits, int64_t now, Message &msg,
+                   FieldError &err);
+
+std::string message_to_json(const Message &msg);
+
+bool address_valid(std::string_view addr);
+std::string address_normalise(std::string_view addr);  // lookup form: lowercase
+// Normalised addresses of every recipient (to, cc, bcc), each once.
+std::vector<std::string> message_recipients(const Message &msg);
+
+bool rfc3339_parse(std::string_view s, int64_t &unix_seconds);
+std::string rfc3339_format_ms(int64_t unix_ms);  // "2026-11-23T19:32:31.123Z"
+
+}  // namespace mailapi

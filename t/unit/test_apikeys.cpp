@@ -1,0 +1,38 @@
+#include <gtest/gtest.h>
+
+#include "apikeys.h"
+#include "token.h"
+
+using namespace mailapi;
+
+TEST(ApiKeys, Parses) {
+    std::vector<ApiKey> keys;
+    std::string err;
+    ASSERT_TRUE(apikeys_parse("# id tenant scopes secret\n\nk1 acme send+read MDEyMzQ1Njc4OWFiY2RlZg==\n"
+                              "k2 acme read MDEyMzQ1Njc4OWFiY2RlZg==\n",
+                              keys, err))
+        << err;
+    ASSERT_EQ(keys.size(), 2u);
+    EXPECT_EQ(keys[0].tenant, "acme");
+    EXPECT_EQ(keys[0].secret, "0123456789abcdef");
+    EXPECT_EQ(apikeys_find(keys, "k2")->scopes, unsigned(SCOPE_READ));
+    EXPECT_EQ(apikeys_find(keys, "k3"), nullptr);
+}
+
+TEST(ApiKeys, NamesTheBadLine) {
+    std::vector<ApiKey> keys;
+    std::string err;
+    const char *bad[] = {
+        "k1 acme send\n",                                   // no secret
+        "k1 acme admin MDEyMzQ1Njc4OWFiY2RlZg==\n",         // bad scope
+        "k1 acme send c2hvcnQ=\n",                          // secret too short
+        "k1 ac/me send MDEyMzQ1Njc4OWFiY2RlZg==\n",         // bad tenant
+        "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== extra\n",    // trailing junk
+    };
+    for (const char *line : bad) {
+        EXPECT_FALSE(apikeys_parse(std::string("# header\n") + line, keys, err)) << line;
+        EXPECT_EQ(err.rfind("line 2:", 0), 0u) << err;
+    }
+    EXPECT_FALSE(apikeys_parse("k1 a send MDEyMzQ1Njc4OWFiY2RlZg==\nk1 b send MDEyMzQ1Njc4OWFiY2RlZg==\n", keys, err));
+    EXPECT_NE(err.find("duplicate"), std::string::npos);
+}
