@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# ngx_mail_api build entry point.
+#   ./build.sh          build the module, deliveryd and tools (after deps)
+#   ./build.sh deps     install Debian packages and build the embedded FerretDB
+#   ./build.sh test     deps + build + unit tests (ctest) + end-to-end tests (pytest)
+#   ./build.sh demo     deps + build + run the whole stack locally (Ctrl-C stops it)
+#   ./build.sh bench    deps + build + benchmarks in bench/
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BUILD=$ROOT/build
+PY=/usr/bin/python3   # Debian's Python, where the python3-* packages below live
+
+APT_PACKAGES=(
+  nginx nginx-dev redis-server
+  libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libev-dev
+  g++ make cmake ninja-build pkg-config googletest libgtest-dev
+  python3 python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
+  openssl curl ca-certificates wrk
+)
+GO_MIN_MINOR=22                 # FerretDB v1.24 needs Go 1.22
+GO_TOOLCHAIN=go1.22.12          # fetched through the Go module proxy when the local go is older
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+need_root_for_apt() {
+  [ "$(id -u)" = 0 ] || die "installing Debian packages needs root: run as root, or install: ${missing[*]}"
+}
+
+deps_apt() {
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  need_root_for_apt
+  say "installing ${#missing[@]} Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install failed for: ${missing[*]}"
+  # Debian starts these on install; the stack runs its own on loopback ports.
+  for svc in nginx redis-server; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl stop "$svc" || true
+    fi
+  done
+}
+
+go_ok() {  # $1 = go binary
+  local v
+  v=$("$1" env GOVERSION 2>/dev/null) || return 1
+  v=${v#go}
+  [ "${v%%.*}" -gt 1 ] || [ "$(echo "$v" | cut -d. -f2)" -ge $GO_MIN_MINOR ]
+}
+
+find_go() {
+  for g in go /usr/local/go/bin/go "$BUILD/go/bin/go"; do
+    if command -v "$g" >/dev/null 2>&1 && go_ok "$g"; then command -v "$g"; return 0; fi
+  done
+  # Debian's go is older than FerretDB needs: use it to fetch the toolchain
+  # module (golang.org/toolchain) through the Go module proxy.
+  if ! command -v /usr/bin/go >/dev/null; then
+    missing=(golang-go); need_root_for_apt
+    say "installing Debian's golang-go to fetch Go $GO_TOOLCHAIN"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go >/dev/null \
+      || die "apt-get install golang-go failed"
+  fi
+  say "fetching the Go toolchain $GO_TOOLCHAIN from the module proxy"
+  local mod="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$(dpkg --print-architecture)" dir
+  dir=$(cd "$BUILD" && GOFLAGS=-mod=mod /usr/bin/go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -n "$dir" ] || die "could not download $mod: check access to the Go module proxy"
+  rm -rf "$BUILD/go" && cp -r "$dir" "$BUILD/go" && chmod -R u+w "$BUILD/go" && chmod +x "$BUILD/go/bin/"*
+  echo "$BUILD/go/bin/go"
+}
+
+deps_ferretdb() {
+  local bin=$BUILD/ferretdb src=$ROOT/tools/ferretdb
+  if [ -x "$bin" ] && [ -z "$(find "$src" -newer "$bin" -type f)" ]; then return 0; fi
+  mkdir -p "$BUILD"
+  local go; go=$(find_go)
+  say "building FerretDB (MongoDB wire protocol, SQLite backend) with $("$go" env GOVERSION); first time takes about a minute"
+  (cd "$src" && GOFLAGS=-mod=mod "$go" build -o "$bin" .) || die "FerretDB build failed: see the Go errors above"
+}
+
+deps() {
+  deps_apt
+  deps_ferretdb
+}
+
+nginx_objs() {
+  local src=$BUILD/nginx-src marker=$BUILD/nginx-src/objs/ngx_mail_api_module_modules.c
+  if [ -f "$marker" ] && [ "$marker" -nt "$ROOT/ngx_mail_api_module/config" ] \
+     && [ "$marker" -nt /usr/share/nginx/src/conf_flags ]; then return 0; fi
+  [ -f /usr/share/nginx/src/conf_flags ] || die "/usr/share/nginx/src is missing: run ./build.sh deps (package nginx-dev)"
+  say "configuring nginx sources with Debian's conf_flags (module signature must match /usr/sbin/nginx)"
+  rm -rf "$src" && mkdir -p "$BUILD" && cp -r /usr/share/nginx/src "$src"
+  # shellcheck disable=SC1091
+  (cd "$src" && . ./conf_flags && ./configure "${NGX_CONF_FLAGS[@]}" \
+     --add-dynamic-module="$ROOT/ngx_mail_api_module" >"$BUILD/nginx-configure.log" 2>&1) \
+    || die "nginx configure failed: see $BUILD/nginx-configure.log"
+}
+
+build() {
+  nginx_objs
+  local gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    say "configuring CMake"
+    cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" -DNGX_SRC="$BUILD/nginx-src" ${CMAKE_ARGS:-} >/dev/null \
+      || die "cmake configure failed: see the errors above"
+  fi
+  say "compiling"
+  local rc=0
+  cmake --build "$BUILD" -j"$(nproc)" >"$BUILD/compile.log" 2>&1 || rc=$?
+  grep -vE '^\[[0-9]+/[0-9]+\] |^ninja: (Entering|no work)' "$BUILD/compile.log" || true
+  [ $rc -eq 0 ] || die "compile failed: see the errors above (also in $BUILD/compile.log)"
+  say "built: $BUILD/ngx_mail_api_module/ngx_mail_api_module.so, $BUILD/deliveryd/deliveryd, $BUILD/tools/mailapi-token/mailapi-token"
+}
+
+run_tests() {
+  say "unit tests (ctest)"
+  (cd "$BUILD" && ctest --output-on-failure -j"$(nproc)") || die "unit tests failed"
+  say "end-to-end tests (pytest, real nginx, redis, FerretDB and SMTP server on loopback)"
+  "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider "$@" || die "end-to-end tests failed: server logs are kept under the paths printed above"
+}
+
+case "${1:-build}" in
+  deps)  deps ;;
+  build) deps; build ;;
+  test)  shift; deps; build; run_tests "$@" ;;
+  demo)  deps; build; exec "$PY" "$ROOT/tools/demo.py" ;;
+  bench) shift; deps; build; exec "$ROOT/bench/run.sh" "$@" ;;
+  clean) rm -rf "$BUILD" ;;
+  *) echo "usage: ./build.sh [deps|build|test|demo|bench|clean]" >&2; exit 2 ;;
+esac
