@@ -1,0 +1,103 @@
+#include "config.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace {
+
+bool set_int(const std::string &v, int min, int max, int &out) {
+    char *end = nullptr;
+    long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || n < min || n > max) return false;
+    out = static_cast<int>(n);
+    return true;
+}
+
+bool read_secret_file(const std::string &path, std::string &out) {
+    std::ifstream f(path);
+    return static_cast<bool>(std::getline(f, out));
+}
+
+// Applies one setting; returns an error text, empty on success.
+std::string apply(Config &c, const std::string &name, const std::string &v) {
+    if (name == "redis") c.redis = v;
+    else if (name == "stream") c.stream = v;
+    else if (name == "group") c.group = v;
+    else if (name == "consumer") c.consumer = v;
+    else if (name == "mongodb") c.mongodb = v;
+    else if (name == "keyring") c.keyring = v;
+    else if (name == "smtp_url") c.smtp_url = v;
+    else if (name == "smtp_username") c.smtp_username = v;
+    else if (name == "smtp_password") c.smtp_password = v;
+    else if (name == "smtp_password_file") {
+        if (!read_secret_file(v, c.smtp_password)) return "cannot read " + v;
+    } else if (name == "smtp_starttls") {
+        if (v != "yes" && v != "no") return "smtp_starttls is yes or no";
+        c.smtp_starttls = v == "yes";
+    } else if (name == "message_id_domain") c.message_id_domain = v;
+    else if (name == "batch") {
+        if (!set_int(v, 1, 10000, c.batch)) return "batch must be 1..10000";
+    } else if (name == "retry_interval") {
+        if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
+    } else if (name == "claim_idle") {
+        if (!set_int(v, 1, 86400, c.claim_idle)) return "claim_idle must be 1..86400 seconds";
+    } else {
+        return "unknown setting \"" + name + "\"";
+    }
+    return "";
+}
+
+const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
+                             "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls",
+                             "message_id_domain", "batch", "retry_interval", "claim_idle"};
+
+}  // namespace
+
+bool config_load(const std::string &path, Config &cfg, std::string &err) {
+    Config c;
+    if (!path.empty()) {
+        std::ifstream f(path);
+        if (!f) {
+            err = "cannot open " + path;
+            return false;
+        }
+        std::string line;
+        int lineno = 0;
+        while (std::getline(f, line)) {
+            lineno++;
+            std::istringstream in(line);
+            std::string name, value, extra;
+            if (!(in >> name) || name[0] == '#') continue;
+            if (!(in >> value) || (in >> extra)) {
+                err = path + ":" + std::to_string(lineno) + ": expected \"name value\"";
+                return false;
+            }
+            std::string e = apply(c, name, value);
+            if (!e.empty()) {
+                err = path + ":" + std::to_string(lineno) + ": " + e;
+                return false;
+            }
+        }
+    }
+    for (const char *name : NAMES) {
+        std::string var = "DELIVERYD_";
+        for (const char *p = name; *p; p++) var.push_back(static_cast<char>(std::toupper(*p)));
+        if (const char *v = std::getenv(var.c_str())) {
+            std::string e = apply(c, name, v);
+            if (!e.empty()) {
+                err = var + ": " + e;
+                return false;
+            }
+        }
+    }
+    if (c.consumer.empty()) {
+        char host[256] = "deliveryd";
+        gethostname(host, sizeof host - 1);
+        c.consumer = std::string(host) + "-" + std::to_string(getpid());
+    }
+    cfg = std::move(c);
+    return true;
+}

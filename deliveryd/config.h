@@ -1,0 +1,24 @@
+// deliveryd configuration: a file of "name value" lines, each overridable by
+// the environment variable DELIVERYD_<NAME>.
+#pragma once
+#include <string>
+
+struct Config {
+    std::string redis = "127.0.0.1:6379";     // host:port or unix:/path
+    std::string stream = "mailapi:messages";
+    std::string group = "deliveryd";
+    std::string consumer;                     // default: hostname-pid
+    std::string mongodb = "mongodb://127.0.0.1:27017/mailapi";
+    std::string keyring = "/etc/ngx_mail_api/keyring";
+    std::string smtp_url = "smtp://127.0.0.1:25";
+    std::string smtp_username;
+    std::string smtp_password;                // prefer smtp_password_file
+    bool smtp_starttls = false;               // require STARTTLS on smtp:// URLs
+    std::string message_id_domain = "mailapi.invalid";
+    int batch = 64;                           // entries read at a time
+    int retry_interval = 30;                  // seconds between sweeps of unfinished entries
+    int claim_idle = 60;                      // seconds before another consumer's entry is taken over
+};
+
+// On error, `err` says which line or variable and why.
+bool config_load(const std::string &path, Config &cfg, std::string &err);
