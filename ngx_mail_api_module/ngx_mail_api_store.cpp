@@ -107,8 +107,11 @@ json_t *record_json(const bson_t *doc, const ngx_mail_api_query_t *q, int64_t *c
     json_t *a;
     json_array_foreach(atts, i, a) {
         json_t *content = json_object_get(a, "content");
-        size_t len = json_string_length(content);
-        json_object_set_new(a, "size", json_integer(static_cast<json_int_t>(len / 4 * 3)));
+        const char *b64 = json_string_value(content);
+        size_t len = json_string_length(content), pad = 0;
+        if (len >= 1 && b64[len - 1] == '=') pad++;
+        if (len >= 2 && b64[len - 2] == '=') pad++;
+        json_object_set_new(a, "size", json_integer(static_cast<json_int_t>(len / 4 * 3 - pad)));
         json_object_del(a, "content");
     }
     json_object_set_new(item, "id", json_string(id));

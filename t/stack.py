@@ -1,0 +1,275 @@
+"""Starts the parts of ngx_mail_api on loopback ports in one directory.
+
+Used by the end-to-end tests (t/e2e/conftest.py) and by the demo
+(tools/demo.py), so both run the same real components: Debian's nginx with the
+module, redis-server, FerretDB, an SMTP server writing a Maildir, deliveryd.
+"""
+import base64
+import hashlib
+import hmac
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("MAILAPI_BUILD", os.path.join(ROOT, "build"))
+MODULE = os.path.join(BUILD, "ngx_mail_api_module", "ngx_mail_api_module.so")
+DELIVERYD = os.path.join(BUILD, "deliveryd", "deliveryd")
+FERRETDB = os.path.join(BUILD, "ferretdb")
+TOKEN_CLI = os.path.join(BUILD, "tools", "mailapi-token", "mailapi-token")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=30.0, what="server"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def mint_token(key_id, secret, ttl=3600, scopes="send+read", expires=None):
+    """The token format of DESIGN.md, in a few lines of Python."""
+    if expires is None:
+        expires = int(time.time()) + ttl
+    signed = f"v1.{key_id}.{expires}.{scopes}"
+    sig = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
+    return signed + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+
+
+class Proc:
+    def __init__(self, name, popen, log, port=None):
+        self.name, self.popen, self.log, self.port = name, popen, log, port
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if not self.alive():
+            return self.popen.returncode
+        self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def log_tail(self, n=40):
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+class Key:
+    def __init__(self, key_id, tenant, scopes, secret):
+        self.id, self.tenant, self.scopes, self.secret = key_id, tenant, scopes, secret
+
+    @property
+    def secret_b64(self):
+        return base64.b64encode(self.secret).decode()
+
+    def token(self, ttl=3600, scopes=None, expires=None):
+        return mint_token(self.id, self.secret, ttl, scopes or self.scopes, expires)
+
+
+class Stack:
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.procs = []
+        self.keys = []
+        self.redis = self.mongo = self.smtp = self.nginx = None
+        self.maildir = os.path.join(directory, "maildir")
+        self.write_keyring()
+
+    # -- secrets -------------------------------------------------------
+    def write_keyring(self, extra_keys=0):
+        path = os.path.join(self.dir, "keyring")
+        with open(path, "w") as f:
+            f.write("# id     base64 of 32 random bytes; the last data key seals new messages\n")
+            f.write("index " + base64.b64encode(os.urandom(32)).decode() + "\n")
+            for i in range(1 + extra_keys):
+                f.write(f"k{i + 1} " + base64.b64encode(os.urandom(32)).decode() + "\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def add_key(self, key_id, tenant, scopes="send+read"):
+        key = Key(key_id, tenant, scopes, os.urandom(32))
+        self.keys.append(key)
+        self.write_keys()
+        return key
+
+    def write_keys(self):
+        path = os.path.join(self.dir, "keys")
+        with open(path, "w") as f:
+            f.write("# key_id tenant scopes secret_base64\n")
+            for k in self.keys:
+                f.write(f"{k.id} {k.tenant} {k.scopes} {k.secret_b64}\n")
+        os.chmod(path, 0o600)
+
+    # -- processes -----------------------------------------------------
+    def spawn(self, name, argv, port=None, env=None, what=None):
+        log = os.path.join(self.dir, name + ".log")
+        out = open(log, "ab")
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=self.dir, start_new_session=True)
+        out.close()
+        proc = Proc(name, popen, log, port)
+        self.procs.append(proc)
+        if port:
+            try:
+                wait_port(port, popen, what=what or name)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}; log {log}:\n{proc.log_tail()}") from None
+        return proc
+
+    def start_redis(self, port=None):
+        port = port or free_port()
+        # rdbcompression off: the tests read the dump to prove nothing is plaintext
+        self.redis = self.spawn("redis", [REDIS, "--port", str(port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--rdbcompression", "no",
+                                          "--dir", self.dir, "--dbfilename", "redis-dump.rdb"], port)
+        return self.redis
+
+    def start_ferretdb(self, port=None):
+        port = port or free_port()
+        self.mongo = self.spawn("ferretdb", [FERRETDB, "--listen", f"127.0.0.1:{port}",
+                                             "--dir", os.path.join(self.dir, "ferretdb")], port)
+        return self.mongo
+
+    @property
+    def mongodb_uri(self):
+        return f"mongodb://127.0.0.1:{self.mongo.port}/mailapi"
+
+    def start_smtp(self, port=None):
+        port = port or free_port()
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
+        self.smtp = self.spawn("smtp", ["/usr/bin/python3", "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
+                                        "-c", "aiosmtpd.handlers.Mailbox", self.maildir], port)
+        return self.smtp
+
+    def deliveryd_conf(self, **overrides):
+        conf = {
+            "redis": f"127.0.0.1:{self.redis.port}",
+            "mongodb": self.mongodb_uri,
+            "keyring": os.path.join(self.dir, "keyring"),
+            "smtp_url": f"smtp://127.0.0.1:{self.smtp.port}/mailapi.test",
+            "message_id_domain": "mailapi.test",
+            "retry_interval": "1",
+            "claim_idle": "5",
+        }
+        conf.update({k: str(v) for k, v in overrides.items()})
+        return conf
+
+    def start_deliveryd(self, name="deliveryd", **overrides):
+        path = os.path.join(self.dir, name + ".conf")
+        with open(path, "w") as f:
+            for k, v in self.deliveryd_conf(**overrides).items():
+                f.write(f"{k} {v}\n")
+        proc = self.spawn(name, [DELIVERYD, "-c", path])
+        deadline = time.time() + 30
+        while '"msg":"started"' not in proc.log_tail(200):
+            if not proc.alive() or time.time() > deadline:
+                raise RuntimeError(f"deliveryd did not start; log {proc.log}:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        return proc
+
+    def render_nginx(self, port, tls=False, workers=1, extra_http="", redis_timeout="2s",
+                     client_max_body_size="16m", client_body_buffer_size="1m", log_level="info", name="nginx"):
+        tls_lines = ""
+        if tls:
+            cert, key = self.certificate()
+            tls_lines = (f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+                         f"        include {ROOT}/conf/mail_api_tls.conf;\n")
+        with open(os.path.join(ROOT, "t", "nginx.conf.in")) as f:
+            template = f.read()
+        text = template.format(
+            module=MODULE, workers=workers, dir=self.dir, log_level=log_level,
+            user="user root;" if os.geteuid() == 0 else "",
+            redis=f"127.0.0.1:{self.redis.port}", mongodb=self.mongodb_uri, port=port,
+            ssl=" ssl" if tls else "", tls=tls_lines, extra_http=extra_http, redis_timeout=redis_timeout,
+            client_max_body_size=client_max_body_size, client_body_buffer_size=client_body_buffer_size)
+        path = os.path.join(self.dir, name + ".conf")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def nginx_test(self, path):
+        """nginx -t on a rendered config: (ok, output)."""
+        r = subprocess.run([NGINX, "-t", "-c", path, "-e", os.path.join(self.dir, "nginx-t.log")],
+                           capture_output=True, text=True)
+        return r.returncode == 0, r.stdout + r.stderr
+
+    def start_nginx(self, port=None, name="nginx", **kw):
+        port = port or free_port()
+        path = self.render_nginx(port, name=name, **kw)
+        ok, out = self.nginx_test(path)
+        if not ok:
+            raise RuntimeError(f"nginx -t failed for {path}:\n{out}")
+        proc = self.spawn(name, [NGINX, "-c", path, "-e", os.path.join(self.dir, "nginx-error.log")], port)
+        proc.conf = path
+        proc.tls = kw.get("tls", False)
+        if name == "nginx":
+            self.nginx = proc
+        return proc
+
+    def certificate(self):
+        cert, key = os.path.join(self.dir, "tls.crt"), os.path.join(self.dir, "tls.key")
+        if not os.path.exists(cert):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                           check=True, capture_output=True)
+        return cert, key
+
+    def start_all(self, tls=False, port=None):
+        self.start_redis()
+        self.start_ferretdb()
+        self.start_smtp()
+        self.start_deliveryd()
+        self.start_nginx(tls=tls, port=port)
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            # nginx: QUIT is a graceful stop; the others stop on TERM
+            proc.stop(signal.SIGQUIT if proc.name.startswith("nginx") else signal.SIGTERM)
+        self.procs = []
+
+    def failure_report(self):
+        lines = [f"stack directory kept: {self.dir}"]
+        for proc in self.procs + [p for p in (self.nginx,) if p and p not in self.procs]:
+            lines.append(f"--- {proc.name} ({proc.log}) ---")
+            lines.append(proc.log_tail(30))
+        err = os.path.join(self.dir, "nginx-error.log")
+        if os.path.exists(err):
+            with open(err, errors="replace") as f:
+                lines.append("--- nginx-error.log ---")
+                lines.append("".join(f.readlines()[-30:]))
+        return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit("t/stack.py is a library: see tools/demo.py and t/e2e/conftest.py")
