@@ -148,8 +148,12 @@ char *init_main_conf(ngx_conf_t *cf, void *conf) noexcept {
     ngx_conf_init_size_value(mcf->max_message_size, 10 * 1024 * 1024);
     ngx_conf_init_uint_value(mcf->max_recipients, 50);
     ngx_conf_init_uint_value(mcf->max_page_size, 100);
-    if (mcf->redis_stream.data == nullptr) ngx_str_set(&mcf->redis_stream, "mailapi:messages");
-    if (mcf->thread_pool_name.data == nullptr) ngx_str_set(&mcf->thread_pool_name, "default");
+    if (mcf->redis_stream.data == nullptr) {
+        ngx_str_set(&mcf->redis_stream, "mailapi:messages");
+    }
+    if (mcf->thread_pool_name.data == nullptr) {
+        ngx_str_set(&mcf->thread_pool_name, "default");
+    }
     if (!mcf->enabled) return NGX_CONF_OK;
 
     const char *missing = mcf->keys == nullptr        ? "mail_api_keys"
@@ -209,13 +213,13 @@ char *set_mail_api(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
 }
 
 // Reads a file named by a directive, resolved against the prefix like nginx's own paths.
-bool read_conf_file(ngx_conf_t *cf, ngx_str_t *name, std::string &out) noexcept {
+bool read_conf_file(ngx_conf_t *cf, ngx_command_t *cmd, ngx_str_t *name, std::string &out) noexcept {
     ngx_str_t *value = static_cast<ngx_str_t *>(cf->args->elts);
     *name = value[1];
     if (ngx_conf_full_name(cf->cycle, name, 0) != NGX_OK) return false;
     ngx_fd_t fd = ngx_open_file(name->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", name);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, "\"%V\": cannot open \"%V\"", &cmd->name, name);
         return false;
     }
     try {
@@ -243,11 +247,11 @@ bool read_conf_file(ngx_conf_t *cf, ngx_str_t *name, std::string &out) noexcept 
     return true;
 }
 
-char *set_keys(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+char *set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
     if (mcf->keys) return const_cast<char *>("is duplicate");
     std::string text, err;
-    if (!read_conf_file(cf, &mcf->keys_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
+    if (!read_conf_file(cf, cmd, &mcf->keys_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
     mcf->keys = pool_new<std::vector<mailapi::ApiKey>>(cf->pool);
     if (mcf->keys == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
     try {
@@ -262,11 +266,11 @@ char *set_keys(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     return NGX_CONF_OK;
 }
 
-char *set_keyring(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+char *set_keyring(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
     if (mcf->keyring) return const_cast<char *>("is duplicate");
     std::string text, err;
-    if (!read_conf_file(cf, &mcf->keyring_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
+    if (!read_conf_file(cf, cmd, &mcf->keyring_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
     mcf->keyring = pool_new<mailapi::Keyring>(cf->pool);
     if (mcf->keyring == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
     try {
@@ -448,8 +452,9 @@ struct Auth {
     unsigned scopes = 0;
 };
 
-// Returns NGX_OK with `auth` set, or an HTTP status after answering.
-ngx_int_t authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, Auth &auth) {
+// True with `auth` set; otherwise the request was answered and `rc` is what
+// answering returned (which may itself be NGX_OK).
+ngx_int_t authenticate_or_answer(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, Auth &auth) {
     ngx_table_elt_t *h = r->headers_in.authorization;
     if (h == nullptr || h->value.len < 7 || ngx_strncasecmp(h->value.data, (u_char *)"Bearer ", 7) != 0) {
         return ngx_mail_api_send_error(r, NGX_HTTP_UNAUTHORIZED, "token_missing",
@@ -498,6 +503,13 @@ ngx_int_t authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, uns
     auth.key = key;
     auth.scopes = scopes;
     return NGX_OK;
+}
+
+// True with `auth` set; otherwise the request was answered and `rc` is what
+// answering returned (which may itself be NGX_OK).
+bool authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, Auth &auth, ngx_int_t &rc) {
+    rc = authenticate_or_answer(r, mcf, need, auth);
+    return auth.key != nullptr;
 }
 
 // ---------------------------------------------------------------- request body
@@ -556,14 +568,18 @@ void finish(ngx_http_request_t *r, ngx_int_t rc) noexcept {
 void enqueue_done(void *data, redisReply *reply) noexcept {
     auto *call = static_cast<EnqueueCall *>(data);
     ngx_http_request_t *r = call->r;
-    if (call->timer.timer_set) ngx_del_timer(&call->timer);
+    if (call->timer.timer_set) {
+        ngx_del_timer(&call->timer);
+    }
     if (r == nullptr) {
         ngx_free(call);
         return;
     }
     ngx_int_t rc;
     if (reply == nullptr || reply->type == REDIS_REPLY_ERROR) {
-        if (reply) ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "mail_api: XADD failed: %s", reply->str);
+        if (reply) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "mail_api: XADD failed: %s", reply->str);
+        }
         rc = ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
                                      "the queue is unavailable, retry later");
     } else {
@@ -658,8 +674,8 @@ void send_body_read(ngx_http_request_t *r) noexcept {
 
 ngx_int_t handle_send(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     Auth auth;
-    ngx_int_t rc = authenticate(r, mcf, mailapi::SCOPE_SEND, auth);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc;
+    if (!authenticate(r, mcf, mailapi::SCOPE_SEND, auth, rc)) return rc;
     if (!content_type_json(r)) {
         return ngx_mail_api_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                        "send the message as Content-Type: application/json");
@@ -715,8 +731,8 @@ ngx_int_t start_query(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, ngx_
 
 ngx_int_t handle_list(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     Auth auth;
-    ngx_int_t rc = authenticate(r, mcf, mailapi::SCOPE_READ, auth);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc;
+    if (!authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
     std::string recipient, limit_s, cursor_s;
     bool has_rcpt, has_limit, has_cursor;
     if (!arg(r, "recipient", recipient, has_rcpt) || !has_rcpt || !mailapi::address_valid(recipient)) {
@@ -754,8 +770,8 @@ ngx_int_t handle_list(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
 
 ngx_int_t handle_get(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, std::string_view id) {
     Auth auth;
-    ngx_int_t rc = authenticate(r, mcf, mailapi::SCOPE_READ, auth);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc;
+    if (!authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
     if (!mailapi::message_id_valid(id)) {
         return ngx_mail_api_send_error(r, NGX_HTTP_NOT_FOUND, "not_found", "no such message");
     }

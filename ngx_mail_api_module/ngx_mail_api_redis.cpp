@@ -48,22 +48,30 @@ void on_write(ngx_event_t *ev) noexcept {
 
 void ev_add_read(void *p) noexcept {
     auto *r = static_cast<RedisConn *>(p);
-    if (r->c && !r->c->read->active) ngx_add_event(r->c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT);
+    if (r->c && !r->c->read->active) {
+        ngx_add_event(r->c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT);
+    }
 }
 
 void ev_del_read(void *p) noexcept {
     auto *r = static_cast<RedisConn *>(p);
-    if (r->c && r->c->read->active) ngx_del_event(r->c->read, NGX_READ_EVENT, 0);
+    if (r->c && r->c->read->active) {
+        ngx_del_event(r->c->read, NGX_READ_EVENT, 0);
+    }
 }
 
 void ev_add_write(void *p) noexcept {
     auto *r = static_cast<RedisConn *>(p);
-    if (r->c && !r->c->write->active) ngx_add_event(r->c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+    if (r->c && !r->c->write->active) {
+        ngx_add_event(r->c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+    }
 }
 
 void ev_del_write(void *p) noexcept {
     auto *r = static_cast<RedisConn *>(p);
-    if (r->c && r->c->write->active) ngx_del_event(r->c->write, NGX_WRITE_EVENT, 0);
+    if (r->c && r->c->write->active) {
+        ngx_del_event(r->c->write, NGX_WRITE_EVENT, 0);
+    }
 }
 
 // hiredis calls this on every teardown (failed connect, lost connection, our
@@ -73,13 +81,22 @@ void ev_cleanup(void *p) noexcept {
     if (r->c) {
         ev_del_read(r);
         ev_del_write(r);
-        if (r->c->read->posted) ngx_delete_posted_event(r->c->read);
-        if (r->c->write->posted) ngx_delete_posted_event(r->c->write);
+        // ngx_delete_posted_event is two statements: keep the braces.
+        if (r->c->read->posted) {
+            ngx_delete_posted_event(r->c->read);
+        }
+        if (r->c->write->posted) {
+            ngx_delete_posted_event(r->c->write);
+        }
         ngx_free_connection(r->c);
         r->c = nullptr;
     }
-    if (r->connect_timer.timer_set) ngx_del_timer(&r->connect_timer);
-    if (r->connected) ngx_log_error(NGX_LOG_WARN, r->log, 0, "mail_api: redis connection lost");
+    if (r->connect_timer.timer_set) {
+        ngx_del_timer(&r->connect_timer);
+    }
+    if (r->connected) {
+        ngx_log_error(NGX_LOG_WARN, r->log, 0, "mail_api: redis connection lost");
+    }
     r->ac = nullptr;
     r->connected = false;
     r->outstanding = 0;
@@ -92,7 +109,9 @@ void on_connect(const redisAsyncContext *ac, int status) noexcept {
         ngx_log_error(NGX_LOG_ERR, r->log, 0, "mail_api: redis connect failed: %s", ac->errstr);
         return;  // hiredis frees the context, which calls ev_cleanup
     }
-    if (r->connect_timer.timer_set) ngx_del_timer(&r->connect_timer);
+    if (r->connect_timer.timer_set) {
+        ngx_del_timer(&r->connect_timer);
+    }
     r->connected = true;
     r->backoff = BACKOFF_MIN;
     r->last_reply = ngx_current_msec;
@@ -195,7 +214,9 @@ void ngx_mail_api_redis_exit() noexcept {
     RedisConn *r = g_redis;
     if (r == nullptr) return;
     r->exiting = true;
-    if (r->reconnect.timer_set) ngx_del_timer(&r->reconnect);
+    if (r->reconnect.timer_set) {
+        ngx_del_timer(&r->reconnect);
+    }
     if (r->ac) redisAsyncFree(r->ac);
     g_redis = nullptr;
 }

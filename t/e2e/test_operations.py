@@ -1,0 +1,157 @@
+"""What an operator meets: nginx -t on bad configuration, Redis outages, large
+bodies, HTTPS."""
+import json
+import os
+import time
+
+import pytest
+import requests
+
+import stack as stackmod
+from conftest import Api, message
+
+
+@pytest.fixture
+def own_stack(stack, tmp_path):
+    """A second nginx (and Redis) next to the session stack, sharing its MongoDB."""
+    s = stackmod.Stack(str(tmp_path))
+    s.keys = list(stack.keys)
+    s.write_keys()
+    with open(os.path.join(stack.dir, "keyring")) as src, open(os.path.join(s.dir, "keyring"), "w") as dst:
+        dst.write(src.read())
+    s.mongo = stack.mongo
+    yield s
+    s.stop_all()
+
+
+def render(s, **kw):
+    s.redis = s.redis or stackmod.Proc("redis", None, None, stackmod.free_port())
+    return s.render_nginx(stackmod.free_port(), **kw)
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (("mail_api_keys {dir}/keys;", "mail_api_keys {dir}/missing;"), '"mail_api_keys'),
+    (("mail_api_keys {dir}/keys;", ""), '"mail_api" is used but "mail_api_keys" is not set'),
+    (("mail_api_keyring {dir}/keyring;", ""), '"mail_api_keyring" is not set'),
+    (("mail_api_redis {redis};", "mail_api_redis 127.0.0.1:70000;"), 'invalid port in "127.0.0.1:70000"'),
+    (('mail_api_mongodb "{mongodb}";', 'mail_api_mongodb "http://nope";'), "invalid MongoDB URI"),
+    (("mail_api_redis_timeout {redis_timeout};", "mail_api_redis_timeout soon;"), '"mail_api_redis_timeout"'),
+    (("mail_api;", "mail_api on;"), 'invalid number of arguments in "mail_api"'),
+])
+def test_nginx_t_names_the_bad_directive(own_stack, edit, expect):
+    path = render(own_stack)
+    text = open(path).read()
+    old, new = (e.format(dir=own_stack.dir, redis=f"127.0.0.1:{own_stack.redis.port}",
+                         mongodb=own_stack.mongodb_uri, redis_timeout="2s") for e in edit)
+    assert old in text
+    with open(path, "w") as f:
+        f.write(text.replace(old, new))
+    ok, out = own_stack.nginx_test(path)
+    assert not ok
+    assert expect in out, out
+    assert path in out or "is not set" in out  # file and line, where there is one
+
+
+@pytest.mark.parametrize("content,expect", [
+    ("k1 acme admin MDEyMzQ1Njc4OWFiY2RlZg==\n", "line 1: scopes must be send, read or send+read"),
+    ("# ok\nk1 acme send c2hvcnQ=\n", "line 2: secret must be base64 of at least 16 bytes"),
+])
+def test_nginx_t_names_the_bad_keys_line(own_stack, content, expect):
+    with open(os.path.join(own_stack.dir, "keys"), "w") as f:
+        f.write(content)
+    ok, out = own_stack.nginx_test(render(own_stack))
+    assert not ok and expect in out, out
+
+
+def test_bad_keyring_is_refused(own_stack):
+    with open(os.path.join(own_stack.dir, "keyring"), "w") as f:
+        f.write("k1 c2hvcnQ=\n")
+    ok, out = own_stack.nginx_test(render(own_stack))
+    assert not ok and "keyring" in out and "line 1" in out, out
+
+
+def test_redis_down_gives_503_and_service_resumes(own_stack, keys, rcpt):
+    redis = own_stack.start_redis()
+    nginx = own_stack.start_nginx(redis_timeout="500ms")
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    token = keys["acme_full"].token()
+    assert api.send(message(rcpt), token).status_code == 202
+
+    port = redis.port
+    redis.stop()
+    time.sleep(0.3)
+    t0 = time.time()
+    r = api.send(message(rcpt), token)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "queue_unavailable"
+    assert r.headers["Retry-After"] == "1"
+    assert time.time() - t0 < 2
+    h = api.http.get(api.base + "/healthz")
+    assert h.status_code == 503 and h.json()["queue"] == "down"
+
+    own_stack.start_redis(port=port)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = api.send(message(rcpt), token)
+        if r.status_code == 202:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 202, r.text
+
+
+def test_redis_that_stops_answering_times_out(own_stack, keys, rcpt):
+    redis = own_stack.start_redis()
+    nginx = own_stack.start_nginx(redis_timeout="500ms")
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    token = keys["acme_full"].token()
+    assert api.send(message(rcpt), token).status_code == 202
+    redis.send_signal(19)  # SIGSTOP: connected, silent
+    try:
+        t0 = time.time()
+        r = api.send(message(rcpt), token)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
+        assert time.time() - t0 < 2
+    finally:
+        redis.send_signal(18)  # SIGCONT
+    deadline = time.time() + 10
+    while time.time() < deadline and api.send(message(rcpt), token).status_code != 202:
+        time.sleep(0.2)
+    assert api.send(message(rcpt), token).status_code == 202
+
+
+def test_body_buffered_to_a_temp_file_works(stack, own_stack, keys, inbox, rcpt):
+    own_stack.redis = stack.redis  # the session's deliveryd drains it
+    nginx = own_stack.start_nginx(client_body_buffer_size="1k")
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    text = "long body line\n" * 5000  # 75 KB > 1 KiB buffer
+    r = api.send(message(rcpt, text=text), keys["acme_full"].token())
+    assert r.status_code == 202, r.text
+    mail = inbox.find(r.json()["id"])
+    assert mail.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+
+
+def test_https(stack, own_stack, keys, rcpt):
+    own_stack.redis = stack.redis
+    nginx = own_stack.start_nginx(tls=True)
+    cert, _ = own_stack.certificate()
+    api = Api(f"https://127.0.0.1:{nginx.port}", verify=cert)
+    r = api.send(message(rcpt), keys["acme_full"].token())
+    assert r.status_code == 202, r.text
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"https://127.0.0.1:{nginx.port}/healthz", timeout=5)  # untrusted without the cert
+
+
+def test_reload_picks_up_new_keys(own_stack, keys, rcpt):
+    own_stack.start_redis()
+    nginx = own_stack.start_nginx()
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    new = own_stack.add_key("fresh_key", "acme")
+    assert api.send(message(rcpt), new.token()).json()["error"]["code"] == "token_unknown_key"
+    nginx.send_signal(1)  # SIGHUP: reload
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if api.send(message(rcpt), new.token()).status_code == 202:
+            break
+        time.sleep(0.2)
+    assert api.send(message(rcpt), new.token()).status_code == 202
