@@ -155,3 +155,16 @@ def test_reload_picks_up_new_keys(own_stack, keys, rcpt):
             break
         time.sleep(0.2)
     assert api.send(message(rcpt), new.token()).status_code == 202
+
+
+def test_configured_stream_name_is_used(own_stack, keys, rcpt):
+    own_stack.start_redis()
+    nginx = own_stack.start_nginx(extra_http="    mail_api_redis_stream custom:stream;\n")
+    text = open(nginx.conf).read()
+    assert "mail_api_redis_stream custom:stream;" in text
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    assert api.send(message(rcpt), keys["acme_full"].token()).status_code == 202
+    import subprocess
+    xlen = subprocess.run(["redis-cli", "-p", str(own_stack.redis.port), "XLEN", "custom:stream"],
+                          capture_output=True, text=True).stdout.strip()
+    assert xlen == "1"
