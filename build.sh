@@ -55,7 +55,7 @@ go_ok() {  # $1 = go binary
   [ "${v%%.*}" -gt 1 ] || [ "$(echo "$v" | cut -d. -f2)" -ge $GO_MIN_MINOR ]
 }
 
-find_go() {
+find_go() {  # prints the path of a go >= 1.$GO_MIN_MINOR; progress goes to stderr
   for g in go /usr/local/go/bin/go "$BUILD/go/bin/go"; do
     if command -v "$g" >/dev/null 2>&1 && go_ok "$g"; then command -v "$g"; return 0; fi
   done
@@ -63,15 +63,15 @@ find_go() {
   # module (golang.org/toolchain) through the Go module proxy.
   if ! command -v /usr/bin/go >/dev/null; then
     missing=(golang-go); need_root_for_apt
-    say "installing Debian's golang-go to fetch Go $GO_TOOLCHAIN"
+    say "installing Debian's golang-go to fetch Go $GO_TOOLCHAIN" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go >/dev/null \
       || die "apt-get install golang-go failed"
   fi
-  say "fetching the Go toolchain $GO_TOOLCHAIN from the module proxy"
+  say "fetching the Go toolchain $GO_TOOLCHAIN from the module proxy" >&2
   local mod="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$(dpkg --print-architecture)" dir
   dir=$(cd "$BUILD" && GOFLAGS=-mod=mod /usr/bin/go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   [ -n "$dir" ] || die "could not download $mod: check access to the Go module proxy"
-  rm -rf "$BUILD/go" && cp -r "$dir" "$BUILD/go" && chmod -R u+w "$BUILD/go" && chmod +x "$BUILD/go/bin/"*
+  rm -rf "$BUILD/go" && cp -r "$dir" "$BUILD/go" && chmod -R u+w "$BUILD/go" && chmod +x "$BUILD/go/bin/"* "$BUILD/go/pkg/tool/"*/*
   echo "$BUILD/go/bin/go"
 }
 
