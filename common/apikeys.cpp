@@ -1,8 +1,8 @@
 #include "apikeys.h"
 
-#include <sstream>
 
 #include "base64.h"
+#include "lines.h"
 #include "token.h"
 
 namespace mailapi {
@@ -14,24 +14,19 @@ bool tenant_valid(std::string_view t) {
 
 bool apikeys_parse(std::string_view text, std::vector<ApiKey> &keys, std::string &err) {
     std::vector<ApiKey> out;
-    std::istringstream in{std::string(text)};
-    std::string line;
-    int lineno = 0;
-    while (std::getline(in, line)) {
-        lineno++;
-        std::istringstream fields(line);
-        ApiKey k;
-        std::string scopes, secret, extra;
-        if (!(fields >> k.id) || k.id[0] == '#') continue;
+    bool ok = for_each_line(text, [&](int lineno, const std::vector<std::string> &f) {
         std::string where = "line " + std::to_string(lineno) + ": ";
-        if (!(fields >> k.tenant >> scopes >> secret)) {
+        if (f.size() < 4) {
             err = where + "expected \"key_id tenant scopes secret_base64\"";
             return false;
         }
-        if (fields >> extra) {
-            err = where + "unexpected \"" + extra.substr(0, 32) + "\" after the secret";
+        if (f.size() > 4) {
+            err = where + "unexpected \"" + f[4].substr(0, 32) + "\" after the secret";
             return false;
         }
+        ApiKey k;
+        k.id = f[0];
+        k.tenant = f[1];
         if (!key_id_valid(k.id)) {
             err = where + "key id must be 1-64 of [A-Za-z0-9_-]";
             return false;
@@ -40,14 +35,13 @@ bool apikeys_parse(std::string_view text, std::vector<ApiKey> &keys, std::string
             err = where + "tenant must be 1-64 of [A-Za-z0-9_-]";
             return false;
         }
-        k.scopes = scopes_parse(scopes);
+        k.scopes = scopes_parse(f[2]);
         if (!k.scopes) {
             err = where + "scopes must be send, read or send+read";
             return false;
         }
-        if (!base64_decode(secret, k.secret) || k.secret.size() < API_SECRET_MIN_BYTES) {
-            err = where + "secret must be base64 of at least " + std::to_string(API_SECRET_MIN_BYTES) +
-                  " bytes";
+        if (!base64_decode(f[3], k.secret) || k.secret.size() < API_SECRET_MIN_BYTES) {
+            err = where + "secret must be base64 of at least " + std::to_string(API_SECRET_MIN_BYTES) + " bytes";
             return false;
         }
         if (apikeys_find(out, k.id)) {
@@ -55,9 +49,10 @@ bool apikeys_parse(std::string_view text, std::vector<ApiKey> &keys, std::string
             return false;
         }
         out.push_back(std::move(k));
-    }
-    keys = std::move(out);
-    return true;
+        return true;
+    });
+    if (ok) keys = std::move(out);
+    return ok;
 }
 
 const ApiKey *apikeys_find(const std::vector<ApiKey> &keys, std::string_view id) {

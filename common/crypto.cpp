@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "base64.h"
+#include "lines.h"
 
 namespace mailapi {
 
@@ -32,16 +33,10 @@ static bool keyring_id_valid(std::string_view id) {
 
 bool keyring_parse(std::string_view text, Keyring &ring, std::string &err) {
     Keyring r;
-    std::istringstream in{std::string(text)};
-    std::string line;
-    int lineno = 0;
-    while (std::getline(in, line)) {
-        lineno++;
-        std::istringstream fields(line);
-        std::string id, b64, extra;
-        if (!(fields >> id) || id[0] == '#') continue;
+    bool ok = for_each_line(text, [&](int lineno, const std::vector<std::string> &f) {
         std::string where = "line " + std::to_string(lineno) + ": ";
-        if (!(fields >> b64) || (fields >> extra)) {
+        const std::string &id = f[0];
+        if (f.size() != 2) {
             err = where + "expected \"<key id> <base64 key>\"";
             return false;
         }
@@ -50,7 +45,7 @@ bool keyring_parse(std::string_view text, Keyring &ring, std::string &err) {
             return false;
         }
         std::string raw;
-        if (!base64_decode(b64, raw) || raw.size() != 32) {
+        if (!base64_decode(f[1], raw) || raw.size() != 32) {
             err = where + "key must be base64 of exactly 32 bytes";
             return false;
         }
@@ -70,7 +65,9 @@ bool keyring_parse(std::string_view text, Keyring &ring, std::string &err) {
             }
             r.data_keys.push_back({id, key});
         }
-    }
+        return true;
+    });
+    if (!ok) return false;
     if (!r.has_index_key) {
         err = "no \"index\" key (the blind-index key for recipient lookups)";
         return false;

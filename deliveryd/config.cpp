@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "lines.h"
+
 namespace {
 
 bool set_int(const std::string &v, int min, int max, int &out) {
@@ -64,23 +66,14 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
             err = "cannot open " + path;
             return false;
         }
-        std::string line;
-        int lineno = 0;
-        while (std::getline(f, line)) {
-            lineno++;
-            std::istringstream in(line);
-            std::string name, value, extra;
-            if (!(in >> name) || name[0] == '#') continue;
-            if (!(in >> value) || (in >> extra)) {
-                err = path + ":" + std::to_string(lineno) + ": expected \"name value\"";
-                return false;
-            }
-            std::string e = apply(c, name, value);
-            if (!e.empty()) {
-                err = path + ":" + std::to_string(lineno) + ": " + e;
-                return false;
-            }
-        }
+        std::stringstream text;
+        text << f.rdbuf();
+        bool ok = mailapi::for_each_line(text.str(), [&](int lineno, const std::vector<std::string> &fields) {
+            std::string e = fields.size() == 2 ? apply(c, fields[0], fields[1]) : "expected \"name value\"";
+            if (!e.empty()) err = path + ":" + std::to_string(lineno) + ": " + e;
+            return e.empty();
+        });
+        if (!ok) return false;
     }
     for (const char *name : NAMES) {
         std::string var = "DELIVERYD_";

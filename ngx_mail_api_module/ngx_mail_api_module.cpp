@@ -247,42 +247,34 @@ bool read_conf_file(ngx_conf_t *cf, ngx_command_t *cmd, ngx_str_t *name, std::st
     return true;
 }
 
-char *set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
-    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
-    if (mcf->keys) return const_cast<char *>("is duplicate");
+// Loads a file of secrets named by a directive into a pool-owned object and
+// wipes the text it was read into, on success and failure alike.
+template <typename T>
+char *load_secrets(ngx_conf_t *cf, ngx_command_t *cmd, ngx_str_t *name, T *&obj,
+                   bool (*parse)(std::string_view, T &, std::string &)) noexcept {
+    if (obj) return const_cast<char *>("is duplicate");
     std::string text, err;
-    if (!read_conf_file(cf, cmd, &mcf->keys_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
-    mcf->keys = pool_new<std::vector<mailapi::ApiKey>>(cf->pool);
-    if (mcf->keys == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
+    bool ok = read_conf_file(cf, cmd, name, text) && (obj = pool_new<T>(cf->pool)) != nullptr;
     try {
-        if (!mailapi::apikeys_parse(text, *mcf->keys, err)) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "keys file \"%V\" %s", &mcf->keys_file, err.c_str());
-            return static_cast<char *>(NGX_CONF_ERROR);
+        if (ok && !parse(text, *obj, err)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" \"%V\" %s", &cmd->name, name, err.c_str());
+            ok = false;
         }
     } catch (...) {
-        return static_cast<char *>(NGX_CONF_ERROR);
+        ok = false;
     }
     OPENSSL_cleanse(text.data(), text.size());
-    return NGX_CONF_OK;
+    return ok ? NGX_CONF_OK : static_cast<char *>(NGX_CONF_ERROR);
+}
+
+char *set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
+    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
+    return load_secrets(cf, cmd, &mcf->keys_file, mcf->keys, mailapi::apikeys_parse);
 }
 
 char *set_keyring(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
-    if (mcf->keyring) return const_cast<char *>("is duplicate");
-    std::string text, err;
-    if (!read_conf_file(cf, cmd, &mcf->keyring_file, text)) return static_cast<char *>(NGX_CONF_ERROR);
-    mcf->keyring = pool_new<mailapi::Keyring>(cf->pool);
-    if (mcf->keyring == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
-    try {
-        if (!mailapi::keyring_parse(text, *mcf->keyring, err)) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "keyring \"%V\" %s", &mcf->keyring_file, err.c_str());
-            return static_cast<char *>(NGX_CONF_ERROR);
-        }
-    } catch (...) {
-        return static_cast<char *>(NGX_CONF_ERROR);
-    }
-    OPENSSL_cleanse(text.data(), text.size());
-    return NGX_CONF_OK;
+    return load_secrets(cf, cmd, &mcf->keyring_file, mcf->keyring, mailapi::keyring_parse);
 }
 
 // "host:port", "host" (port 6379) or "unix:/path".

@@ -70,12 +70,19 @@ def test_bad_keyring_is_refused(own_stack):
     assert not ok and "keyring" in out and "line 1" in out, out
 
 
-def test_redis_down_gives_503_and_service_resumes(own_stack, keys, rcpt):
+@pytest.fixture
+def own_redis(own_stack, keys, rcpt):
+    """Its own Redis behind its own nginx (500 ms timeout), already serving."""
     redis = own_stack.start_redis()
     nginx = own_stack.start_nginx(redis_timeout="500ms")
     api = Api(f"http://127.0.0.1:{nginx.port}")
     token = keys["acme_full"].token()
     assert api.send(message(rcpt), token).status_code == 202
+    return redis, api, token
+
+
+def test_redis_down_gives_503_and_service_resumes(own_stack, own_redis, rcpt):
+    redis, api, token = own_redis
 
     port = redis.port
     redis.stop()
@@ -99,12 +106,8 @@ def test_redis_down_gives_503_and_service_resumes(own_stack, keys, rcpt):
     assert r.status_code == 202, r.text
 
 
-def test_redis_that_stops_answering_times_out(own_stack, keys, rcpt):
-    redis = own_stack.start_redis()
-    nginx = own_stack.start_nginx(redis_timeout="500ms")
-    api = Api(f"http://127.0.0.1:{nginx.port}")
-    token = keys["acme_full"].token()
-    assert api.send(message(rcpt), token).status_code == 202
+def test_redis_that_stops_answering_times_out(own_redis, rcpt):
+    redis, api, token = own_redis
     redis.send_signal(19)  # SIGSTOP: connected, silent
     try:
         t0 = time.time()
@@ -168,3 +171,15 @@ def test_configured_stream_name_is_used(own_stack, keys, rcpt):
     xlen = subprocess.run(["redis-cli", "-p", str(own_stack.redis.port), "XLEN", "custom:stream"],
                           capture_output=True, text=True).stdout.strip()
     assert xlen == "1"
+
+
+def test_shipped_deliveryd_conf_is_valid(stack):
+    import subprocess
+    env = {"DELIVERYD_KEYRING": os.path.join(stack.dir, "keyring")}
+    r = subprocess.run([stackmod.DELIVERYD, "-c", os.path.join(stackmod.ROOT, "conf", "deliveryd.conf"),
+                        "--check-config"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "configuration ok" in r.stdout, r.stdout + r.stderr
+    with open(os.path.join(stack.dir, "bad-deliveryd.conf"), "w") as f:
+        f.write("redis 127.0.0.1:6379\nbatch many\n")
+    r = subprocess.run([stackmod.DELIVERYD, "-c", f.name, "--check-config"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "bad-deliveryd.conf:2: batch must be 1..10000" in r.stderr
