@@ -530,6 +530,14 @@ bool message_parse(std::string_view json, const MessageLimits &limits, int64_t n
 }
 
 std::string message_to_json(const Message &m) {
+    Json o(message_json(m));
+    char *s = json_dumps(o.get(), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    std::string out = s ? s : "";
+    free(s);
+    return out;
+}
+
+json_t *message_json(const Message &m) {
     Json o(json_object());
     json_object_set_new(o.get(), "from", address_json(m.from));
     json_object_set_new(o.get(), "to", address_list_json(m.to));
@@ -561,10 +569,7 @@ std::string message_to_json(const Message &m) {
     if (m.send_at) {
         json_object_set_new(o.get(), "send_at", json_string(rfc3339_format_ms(m.send_at * 1000).c_str()));
     }
-    char *s = json_dumps(o.get(), JSON_COMPACT | JSON_PRESERVE_ORDER);
-    std::string out = s ? s : "";
-    free(s);
-    return out;
+    return o.release();
 }
 
 bool rfc3339_parse(std::string_view s, int64_t &out) {

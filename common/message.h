@@ -2,10 +2,13 @@
 // request, and the canonical JSON that is encrypted into the envelope.
 #pragma once
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+struct json_t;  // jansson
 
 namespace mailapi {
 
@@ -44,6 +47,15 @@ struct MessageLimits {
     size_t max_tags = 10;
     size_t max_metadata = 20;
     int64_t max_send_at_horizon = 72 * 3600;
+
+    // For envelopes that were validated when accepted, under whatever limits
+    // the edge had then: read them back whatever the limits are now.
+    static MessageLimits stored() {
+        MessageLimits l;
+        l.max_recipients = l.max_headers = l.max_attachments = l.max_tags = l.max_metadata = SIZE_MAX;
+        l.max_subject_bytes = l.max_body_bytes = l.max_attachment_bytes = l.max_attachments_total = SIZE_MAX;
+        return l;
+    }
 };
 
 struct FieldError {
@@ -59,6 +71,8 @@ bool message_parse(std::string_view json, const MessageLimits &limits, int64_t n
                    FieldError &err);
 
 std::string message_to_json(const Message &msg);
+// The same canonical form as a jansson object (caller owns the reference).
+json_t *message_json(const Message &msg);
 
 bool address_valid(std::string_view addr);
 std::string address_normalise(std::string_view addr);  // lookup form: lowercase

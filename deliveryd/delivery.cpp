@@ -56,7 +56,7 @@ Disposition Delivery::handle(const QueueEntry &e) {
     mailapi::Message msg;
     mailapi::FieldError ferr;
     if (!mailapi::envelope_open(keyring_, mailapi::envelope_aad(e.tenant, e.id), e.envelope, plain) ||
-        !mailapi::message_parse(plain, mailapi::MessageLimits(), 0, msg, ferr)) {
+        !mailapi::message_parse(plain, mailapi::MessageLimits::stored(), 0, msg, ferr)) {
         log_error("envelope cannot be opened", {{"id", e.id}, {"tenant", e.tenant}});
         rec.status = "failed";
         rec.events.push_back({"failed", now_ms(), "", 0, "envelope cannot be decrypted"});

@@ -606,10 +606,12 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
     }
     ngx_time_t *tp = ngx_timeofday();
     int64_t now_ms = static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
+    // The envelope holds the body as received: it has just been validated, and
+    // deliveryd and the recover path read it with the same parser.
     std::string id, envelope;
     if (!mailapi::message_id_new(now_ms, id) ||
         !mailapi::envelope_seal(*mcf->keyring, mailapi::envelope_aad(key->tenant, id),
-                                mailapi::message_to_json(msg), envelope)) {
+                                body, envelope)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (!ngx_mail_api_redis_ready()) {

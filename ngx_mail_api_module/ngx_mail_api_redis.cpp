@@ -1,6 +1,7 @@
 // hiredis async on nginx's event loop: one connection per worker, level-
 // triggered events (hiredis reads at most one buffer per callback), connect
-// timeout and reconnect with backoff on nginx timers.
+// timeout and reconnect with backoff on nginx timers. Commands issued during
+// one turn of the loop are pipelined: a posted event writes them all at once.
 #include "ngx_mail_api.h"
 
 #include <hiredis/async.h>
@@ -17,6 +18,8 @@ struct RedisConn {
     ngx_connection_t *c;
     ngx_event_t reconnect;
     ngx_event_t connect_timer;
+    ngx_event_t flush;      // posted: writes what this loop turn queued
+    bool flushing;          // inside flush: a write left over needs the socket
     ngx_msec_t backoff;
     ngx_msec_t last_reply;  // when the last reply arrived
     ngx_uint_t outstanding; // commands sent, not yet answered
@@ -62,6 +65,12 @@ void ev_del_read(void *p) noexcept {
 
 void ev_add_write(void *p) noexcept {
     auto *r = static_cast<RedisConn *>(p);
+    if (r->connected && !r->flushing) {
+        if (!r->flush.posted) {
+            ngx_post_event(&r->flush, &ngx_posted_events);
+        }
+        return;
+    }
     if (r->c && !r->c->write->active) {
         ngx_add_event(r->c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
     }
@@ -90,6 +99,9 @@ void ev_cleanup(void *p) noexcept {
         }
         ngx_free_connection(r->c);
         r->c = nullptr;
+    }
+    if (r->flush.posted) {
+        ngx_delete_posted_event(&r->flush);
     }
     if (r->connect_timer.timer_set) {
         ngx_del_timer(&r->connect_timer);
@@ -129,6 +141,14 @@ void on_connect_timeout(ngx_event_t *ev) noexcept {
     auto *r = static_cast<RedisConn *>(ev->data);
     ngx_log_error(NGX_LOG_ERR, r->log, 0, "mail_api: redis connect timed out");
     if (r->ac) redisAsyncFree(r->ac);  // ev_cleanup schedules the retry
+}
+
+void on_flush(ngx_event_t *ev) noexcept {
+    auto *r = static_cast<RedisConn *>(ev->data);
+    if (r->ac == nullptr) return;
+    r->flushing = true;
+    redisAsyncHandleWrite(r->ac);  // may free the context on a write error
+    r->flushing = false;
 }
 
 void on_reconnect(ngx_event_t *ev) noexcept {
@@ -198,13 +218,14 @@ ngx_int_t ngx_mail_api_redis_init(ngx_cycle_t *cycle, ngx_mail_api_main_conf_t *
     r->mcf = mcf;
     r->log = cycle->log;
     r->backoff = BACKOFF_MIN;
-    for (ngx_event_t *ev : {&r->reconnect, &r->connect_timer}) {
+    for (ngx_event_t *ev : {&r->reconnect, &r->connect_timer, &r->flush}) {
         ev->data = r;
         ev->log = cycle->log;
         ev->cancelable = 1;  // never delays a graceful shutdown
     }
     r->reconnect.handler = on_reconnect;
     r->connect_timer.handler = on_connect_timeout;
+    r->flush.handler = on_flush;
     g_redis = r;
     redis_connect(r);
     return NGX_OK;

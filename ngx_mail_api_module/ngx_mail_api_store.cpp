@@ -94,8 +94,11 @@ json_t *record_json(const bson_t *doc, const ngx_mail_api_query_t *q, int64_t *c
     json_t *item = nullptr;
     std::string plain;
     std::string aad = mailapi::envelope_aad(q->tenant, id);
-    if (mailapi::envelope_open(*q->keyring, aad, string_field(doc, "envelope"), plain)) {
-        item = json_loadb(plain.data(), plain.size(), 0, nullptr);
+    mailapi::Message msg;
+    mailapi::FieldError ferr;
+    if (mailapi::envelope_open(*q->keyring, aad, string_field(doc, "envelope"), plain) &&
+        mailapi::message_parse(plain, mailapi::MessageLimits::stored(), 0, msg, ferr)) {
+        item = mailapi::message_json(msg);
     }
     if (item == nullptr) {
         item = json_object();

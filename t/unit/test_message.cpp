@@ -134,3 +134,16 @@ TEST(Rfc3339, ParsesAndFormats) {
     EXPECT_FALSE(rfc3339_parse("2027-01-15T09:00:00", t));
     EXPECT_EQ(rfc3339_format_ms(NOW * 1000LL + 5), "2027-01-15T08:00:00.005Z");
 }
+
+TEST(Message, StoredLimitsReadWhatTheEdgeAccepted) {
+    MessageLimits wide;
+    wide.max_recipients = 200;
+    std::string to;
+    for (int i = 0; i < 120; i++) to += std::string(i ? "," : "") + "\"u" + std::to_string(i) + "@example.org\"";
+    std::string json = R"({"from":"a@example.com","to":[)" + to + R"(],"subject":"s","text":"t"})";
+    Message m;
+    FieldError e;
+    ASSERT_TRUE(message_parse(json, wide, NOW, m, e));
+    EXPECT_FALSE(message_parse(json, MessageLimits(), 0, m, e));
+    EXPECT_TRUE(message_parse(json, MessageLimits::stored(), 0, m, e));
+}
