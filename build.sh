@@ -13,7 +13,7 @@ PY=/usr/bin/python3   # Debian's Python, where the python3-* packages below live
 
 APT_PACKAGES=(
   nginx nginx-dev redis-server
-  libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libev-dev
+  libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
   g++ make cmake ninja-build pkg-config googletest libgtest-dev
   python3 python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
   openssl curl ca-certificates wrk

@@ -1,6 +1,7 @@
 #include "message.h"
 
 #include <jansson.h>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <cstring>
@@ -150,6 +151,18 @@ bool content_type_valid(std::string_view s) {
     return true;
 }
 
+bool base64_valid(std::string_view b64) {
+    if (b64.size() % 4 != 0) return false;
+    size_t pad = 0;
+    if (!b64.empty() && b64.back() == '=') pad++;
+    if (b64.size() >= 2 && b64[b64.size() - 2] == '=') pad++;
+    for (size_t i = 0; i < b64.size() - pad; i++) {
+        unsigned char c = static_cast<unsigned char>(b64[i]);
+        if (!(std::isalnum(c) || c == '+' || c == '/')) return false;
+    }
+    return true;
+}
+
 size_t base64_decoded_size(std::string_view b64) {
     size_t pad = 0;
     if (!b64.empty() && b64.back() == '=') pad++;
@@ -157,28 +170,62 @@ size_t base64_decoded_size(std::string_view b64) {
     return b64.size() / 4 * 3 - pad;
 }
 
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+using simdjson::dom::object;
+
+// simdjson keeps every duplicate key; a request with one is ambiguous.
+bool find_duplicate_key(element e, std::string &dup) {
+    simdjson::dom::array arr;
+    object obj;
+    if (e.get_array().get(arr) == simdjson::SUCCESS) {
+        for (element item : arr) {
+            if (find_duplicate_key(item, dup)) return true;
+        }
+    } else if (e.get_object().get(obj) == simdjson::SUCCESS) {
+        std::vector<std::string_view> keys;
+        for (auto field : obj) {
+            keys.push_back(field.key);
+            if (find_duplicate_key(field.value, dup)) return true;
+        }
+        std::sort(keys.begin(), keys.end());
+        auto it = std::adjacent_find(keys.begin(), keys.end());
+        if (it != keys.end()) {
+            dup.assign(*it);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool member(object o, const char *key, element &out) {
+    return o.at_key(key).get(out) == simdjson::SUCCESS;
+}
+
+bool is_string(element e, std::string_view &out) {
+    return e.get_string().get(out) == simdjson::SUCCESS;
+}
+
 class Parser {
 public:
     Parser(const MessageLimits &l, int64_t now, Message &m, FieldError &e)
         : limits_(l), now_(now), msg_(m), err_(e) {}
 
-    bool parse(json_t *root) {
-        if (!json_is_object(root)) {
+    bool parse(element root_el) {
+        object root;
+        if (root_el.get_object().get(root) != simdjson::SUCCESS) {
             return fail(err_, "invalid_type", "the request body must be a JSON object", "", 422);
         }
-        const char *key;
-        json_t *v;
-        json_object_foreach(root, key, v) {
-            static const char *const known[] = {"from", "to", "cc", "bcc", "reply_to", "subject",
-                                                "text", "html", "headers", "attachments", "tags",
-                                                "metadata", "send_at"};
+        static const char *const known[] = {"from", "to", "cc", "bcc", "reply_to", "subject", "text",
+                                            "html", "headers", "attachments", "tags", "metadata", "send_at"};
+        for (auto field : root) {
             if (std::none_of(std::begin(known), std::end(known),
-                             [&](const char *k) { return std::strcmp(k, key) == 0; })) {
-                return fail(err_, "unknown_field", "unknown field", key);
+                             [&](const char *k) { return field.key == k; })) {
+                return fail(err_, "unknown_field", "unknown field", std::string(field.key));
             }
         }
-        json_t *from = json_object_get(root, "from");
-        if (!from) return fail(err_, "required", "from is required", "from");
+        element from;
+        if (!member(root, "from", from)) return fail(err_, "required", "from is required", "from");
         if (!address(from, "from", msg_.from)) return false;
         if (!address_list(root, "to", msg_.to, true) || !address_list(root, "cc", msg_.cc, false) ||
             !address_list(root, "bcc", msg_.bcc, false)) {
@@ -186,22 +233,22 @@ public:
         }
         if (msg_.to.size() + msg_.cc.size() + msg_.bcc.size() > limits_.max_recipients) {
             return fail(err_, "too_many_recipients",
-                        "to, cc and bcc together allow at most " +
-                            std::to_string(limits_.max_recipients) + " recipients",
+                        "to, cc and bcc together allow at most " + std::to_string(limits_.max_recipients) +
+                            " recipients",
                         "to");
         }
-        if (json_t *rt = json_object_get(root, "reply_to")) {
+        element rt;
+        if (member(root, "reply_to", rt)) {
             if (!address(rt, "reply_to", msg_.reply_to)) return false;
             msg_.has_reply_to = true;
         }
-        if (!string_field(root, "subject", msg_.subject, true, limits_.max_subject_bytes) ||
-            !string_field(root, "text", msg_.text, false, limits_.max_body_bytes) ||
-            !string_field(root, "html", msg_.html, false, limits_.max_body_bytes)) {
+        if (!string_field(root, "subject", "subject", msg_.subject, true, limits_.max_subject_bytes) ||
+            !string_field(root, "text", "text", msg_.text, false, limits_.max_body_bytes) ||
+            !string_field(root, "html", "html", msg_.html, false, limits_.max_body_bytes)) {
             return false;
         }
         if (has_control(msg_.subject, true)) {
-            return fail(err_, "invalid_value", "subject must not contain control characters",
-                        "subject");
+            return fail(err_, "invalid_value", "subject must not contain control characters", "subject");
         }
         if (msg_.text.empty() && msg_.html.empty()) {
             return fail(err_, "required", "at least one of text and html is required", "text");
@@ -210,217 +257,202 @@ public:
     }
 
 private:
-    bool address(json_t *v, const std::string &path, Address &out) {
-        json_t *email = v;
-        if (json_is_object(v)) {
-            const char *key;
-            json_t *f;
-            json_object_foreach(v, key, f) {
-                if (std::strcmp(key, "email") != 0 && std::strcmp(key, "name") != 0) {
-                    return fail(err_, "unknown_field", "unknown field", path + "." + key);
+    bool address(element v, const std::string &path, Address &out) {
+        std::string_view email;
+        std::string field = path;
+        object o;
+        if (v.get_object().get(o) == simdjson::SUCCESS) {
+            for (auto f : o) {
+                if (f.key != "email" && f.key != "name") {
+                    return fail(err_, "unknown_field", "unknown field", path + "." + std::string(f.key));
                 }
             }
-            email = json_object_get(v, "email");
-            if (!email) return fail(err_, "required", "email is required", path + ".email");
-            json_t *name = json_object_get(v, "name");
-            if (name) {
-                if (!json_is_string(name)) {
-                    return fail(err_, "invalid_type", "name must be a string", path + ".name");
-                }
-                out.name.assign(json_string_value(name), json_string_length(name));
-                if (out.name.size() > 256 || has_control(out.name, false)) {
-                    return fail(err_, "invalid_value",
-                                "name must be at most 256 bytes without control characters",
+            field = path + ".email";
+            element e, name;
+            if (!member(o, "email", e)) return fail(err_, "required", "email is required", field);
+            if (!is_string(e, email)) return fail(err_, "invalid_type", "email must be a string", field);
+            if (member(o, "name", name)) {
+                std::string_view n;
+                if (!is_string(name, n)) return fail(err_, "invalid_type", "name must be a string", path + ".name");
+                if (n.size() > 256 || has_control(n, false)) {
+                    return fail(err_, "invalid_value", "name must be at most 256 bytes without control characters",
                                 path + ".name");
                 }
+                out.name.assign(n);
             }
-        } else if (!json_is_string(v)) {
-            return fail(err_, "invalid_type", "an address is a string or {\"email\",\"name\"}",
-                        path);
+        } else if (!is_string(v, email)) {
+            return fail(err_, "invalid_type", "an address is a string or {\"email\",\"name\"}", path);
         }
-        std::string field = json_is_object(v) ? path + ".email" : path;
-        if (!json_is_string(email)) return fail(err_, "invalid_type", "email must be a string", field);
-        std::string_view s(json_string_value(email), json_string_length(email));
-        if (!address_valid(s)) return fail(err_, "invalid_address", "not a valid e-mail address", field);
-        out.email.assign(s);
+        if (!address_valid(email)) return fail(err_, "invalid_address", "not a valid e-mail address", field);
+        out.email.assign(email);
         return true;
     }
 
-    bool address_list(json_t *root, const char *name, std::vector<Address> &out, bool required) {
-        json_t *v = json_object_get(root, name);
-        if (!v) {
+    bool address_list(object root, const char *name, std::vector<Address> &out, bool required) {
+        element v;
+        if (!member(root, name, v)) {
             return required ? fail(err_, "required", std::string(name) + " is required", name) : true;
         }
-        if (!json_is_array(v)) {
-            return fail(err_, "invalid_type", std::string(name) + " must be an array of addresses",
-                        name);
+        simdjson::dom::array arr;
+        if (v.get_array().get(arr) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", std::string(name) + " must be an array of addresses", name);
         }
-        if (required && json_array_size(v) == 0) {
+        if (required && arr.size() == 0) {
             return fail(err_, "required", std::string(name) + " needs at least one address", name);
         }
-        if (json_array_size(v) > limits_.max_recipients) {
-            return fail(err_, "too_many_recipients",
-                        "at most " + std::to_string(limits_.max_recipients) + " recipients", name);
+        if (arr.size() > limits_.max_recipients) {
+            return fail(err_, "too_many_recipients", "at most " + std::to_string(limits_.max_recipients) + " recipients",
+                        name);
         }
-        size_t i;
-        json_t *item;
-        json_array_foreach(v, i, item) {
+        size_t i = 0;
+        for (element item : arr) {
             Address a;
-            if (!address(item, std::string(name) + "[" + std::to_string(i) + "]", a)) return false;
+            if (!address(item, std::string(name) + "[" + std::to_string(i++) + "]", a)) return false;
             out.push_back(std::move(a));
         }
         return true;
     }
 
-    bool string_field(json_t *root, const char *name, std::string &out, bool required, size_t max) {
-        json_t *v = json_object_get(root, name);
-        if (!v) return required ? fail(err_, "required", std::string(name) + " is required", name) : true;
-        if (!json_is_string(v)) {
-            return fail(err_, "invalid_type", std::string(name) + " must be a string", name);
+    bool string_field(object o, const char *name, const std::string &path, std::string &out, bool required,
+                      size_t max) {
+        element v;
+        if (!member(o, name, v)) {
+            return required ? fail(err_, "required", std::string(name) + " is required", path) : true;
         }
-        out.assign(json_string_value(v), json_string_length(v));
-        if (out.size() > max) {
-            return fail(err_, "too_long",
-                        std::string(name) + " must be at most " + std::to_string(max) + " bytes",
-                        name);
+        std::string_view sv;
+        if (!is_string(v, sv)) return fail(err_, "invalid_type", std::string(name) + " must be a string", path);
+        if (sv.size() > max) {
+            return fail(err_, "too_long", std::string(name) + " must be at most " + std::to_string(max) + " bytes",
+                        path);
         }
-        if (out.find('\0') != std::string::npos) {
-            return fail(err_, "invalid_value", std::string(name) + " must not contain NUL", name);
+        if (sv.find('\0') != std::string_view::npos) {
+            return fail(err_, "invalid_value", std::string(name) + " must not contain NUL", path);
         }
-        if (required && out.empty()) {
-            return fail(err_, "required", std::string(name) + " must not be empty", name);
-        }
+        if (required && sv.empty()) return fail(err_, "required", std::string(name) + " must not be empty", path);
+        out.assign(sv);
         return true;
     }
 
-    bool string_map(json_t *root, const char *name, size_t max_count, size_t max_value,
+    bool string_map(object root, const char *name, size_t max_count, size_t max_value,
                     std::vector<std::pair<std::string, std::string>> &out, bool is_header) {
-        json_t *v = json_object_get(root, name);
-        if (!v) return true;
-        if (!json_is_object(v)) {
-            return fail(err_, "invalid_type", std::string(name) + " must be an object of strings",
-                        name);
+        element v;
+        if (!member(root, name, v)) return true;
+        object o;
+        if (v.get_object().get(o) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", std::string(name) + " must be an object of strings", name);
         }
-        if (json_object_size(v) > max_count) {
+        if (o.size() > max_count) {
             return fail(err_, "too_many", "at most " + std::to_string(max_count) + " entries", name);
         }
-        const char *key;
-        json_t *val;
-        json_object_foreach(v, key, val) {
-            std::string path = std::string(name) + "." + key;
+        for (auto f : o) {
+            std::string path = std::string(name) + "." + std::string(f.key);
             if (is_header) {
-                if (!header_name_valid(key)) {
-                    return fail(err_, "invalid_header", "not a valid header name", path);
+                if (!header_name_valid(f.key)) return fail(err_, "invalid_header", "not a valid header name", path);
+                if (header_structural(f.key)) {
+                    return fail(err_, "forbidden_header", "this header is set by the service and cannot be overridden",
+                                path);
                 }
-                if (header_structural(key)) {
-                    return fail(err_, "forbidden_header",
-                                "this header is set by the service and cannot be overridden", path);
-                }
-            } else if (!token_chars(key, 64)) {
+            } else if (!token_chars(f.key, 64)) {
                 return fail(err_, "invalid_value", "keys are 1-64 of [A-Za-z0-9_.:-]", path);
             }
-            if (!json_is_string(val)) return fail(err_, "invalid_type", "must be a string", path);
-            std::string s(json_string_value(val), json_string_length(val));
-            if (s.size() > max_value) {
-                return fail(err_, "too_long", "must be at most " + std::to_string(max_value) + " bytes",
-                            path);
+            std::string_view sv;
+            if (!is_string(f.value, sv)) return fail(err_, "invalid_type", "must be a string", path);
+            if (sv.size() > max_value) {
+                return fail(err_, "too_long", "must be at most " + std::to_string(max_value) + " bytes", path);
             }
-            if (has_control(s, is_header)) {
+            if (has_control(sv, is_header)) {
                 return fail(err_, is_header ? "invalid_header" : "invalid_value",
                             "must not contain CR, LF or other control characters", path);
             }
-            out.emplace_back(key, std::move(s));
+            out.emplace_back(std::string(f.key), std::string(sv));
         }
         return true;
     }
 
-    bool headers(json_t *root) {
-        return string_map(root, "headers", limits_.max_headers, 998, msg_.headers, true);
-    }
+    bool headers(object root) { return string_map(root, "headers", limits_.max_headers, 998, msg_.headers, true); }
 
-    bool metadata(json_t *root) {
+    bool metadata(object root) {
         return string_map(root, "metadata", limits_.max_metadata, 512, msg_.metadata, false);
     }
 
-    bool tags(json_t *root) {
-        json_t *v = json_object_get(root, "tags");
-        if (!v) return true;
-        if (!json_is_array(v)) return fail(err_, "invalid_type", "tags must be an array of strings", "tags");
-        if (json_array_size(v) > limits_.max_tags) {
+    bool tags(object root) {
+        element v;
+        if (!member(root, "tags", v)) return true;
+        simdjson::dom::array arr;
+        if (v.get_array().get(arr) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", "tags must be an array of strings", "tags");
+        }
+        if (arr.size() > limits_.max_tags) {
             return fail(err_, "too_many", "at most " + std::to_string(limits_.max_tags) + " tags", "tags");
         }
-        size_t i;
-        json_t *t;
-        json_array_foreach(v, i, t) {
-            std::string path = "tags[" + std::to_string(i) + "]";
-            if (!json_is_string(t)) return fail(err_, "invalid_type", "a tag is a string", path);
-            std::string s(json_string_value(t), json_string_length(t));
-            if (!token_chars(s, 64)) return fail(err_, "invalid_value", "tags are 1-64 of [A-Za-z0-9_.:-]", path);
-            msg_.tags.push_back(std::move(s));
+        size_t i = 0;
+        for (element t : arr) {
+            std::string path = "tags[" + std::to_string(i++) + "]";
+            std::string_view sv;
+            if (!is_string(t, sv)) return fail(err_, "invalid_type", "a tag is a string", path);
+            if (!token_chars(sv, 64)) return fail(err_, "invalid_value", "tags are 1-64 of [A-Za-z0-9_.:-]", path);
+            msg_.tags.emplace_back(sv);
         }
         return true;
     }
 
-    bool attachments(json_t *root) {
-        json_t *v = json_object_get(root, "attachments");
-        if (!v) return true;
-        if (!json_is_array(v)) {
+    bool attachments(object root) {
+        element v;
+        if (!member(root, "attachments", v)) return true;
+        simdjson::dom::array arr;
+        if (v.get_array().get(arr) != simdjson::SUCCESS) {
             return fail(err_, "invalid_type", "attachments must be an array", "attachments");
         }
-        if (json_array_size(v) > limits_.max_attachments) {
-            return fail(err_, "too_many",
-                        "at most " + std::to_string(limits_.max_attachments) + " attachments",
+        if (arr.size() > limits_.max_attachments) {
+            return fail(err_, "too_many", "at most " + std::to_string(limits_.max_attachments) + " attachments",
                         "attachments");
         }
-        size_t i, total = 0;
-        json_t *a;
-        json_array_foreach(v, i, a) {
-            std::string path = "attachments[" + std::to_string(i) + "]";
-            if (!json_is_object(a)) return fail(err_, "invalid_type", "an attachment is an object", path);
-            const char *key;
-            json_t *f;
-            json_object_foreach(a, key, f) {
-                if (std::strcmp(key, "filename") && std::strcmp(key, "content_type") &&
-                    std::strcmp(key, "content")) {
-                    return fail(err_, "unknown_field", "unknown field", path + "." + key);
+        size_t i = 0, total = 0;
+        for (element a : arr) {
+            std::string path = "attachments[" + std::to_string(i++) + "]";
+            object ao;
+            if (a.get_object().get(ao) != simdjson::SUCCESS) {
+                return fail(err_, "invalid_type", "an attachment is an object", path);
+            }
+            for (auto f : ao) {
+                if (f.key != "filename" && f.key != "content_type" && f.key != "content") {
+                    return fail(err_, "unknown_field", "unknown field", path + "." + std::string(f.key));
                 }
             }
             Attachment att;
-            if (!string_field(a, "filename", att.filename, true, 255) ||
-                !string_field(a, "content", att.content_base64, true, SIZE_MAX)) {
-                err_.field = path + "." + err_.field;
+            if (!string_field(ao, "filename", path + ".filename", att.filename, true, 255) ||
+                !string_field(ao, "content", path + ".content", att.content_base64, true, SIZE_MAX)) {
                 return false;
             }
             if (has_control(att.filename, false) || att.filename.find_first_of("/\\") != std::string::npos) {
                 return fail(err_, "invalid_value", "filename must not contain control characters or slashes",
                             path + ".filename");
             }
-            json_t *ct = json_object_get(a, "content_type");
-            if (ct) {
-                if (!json_is_string(ct) || !content_type_valid(json_string_value(ct))) {
+            element ct;
+            if (member(ao, "content_type", ct)) {
+                std::string_view sv;
+                if (!is_string(ct, sv) || !content_type_valid(sv)) {
                     return fail(err_, "invalid_value", "content_type must be a MIME type such as text/csv",
                                 path + ".content_type");
                 }
-                att.content_type = json_string_value(ct);
+                att.content_type.assign(sv);
             } else {
                 att.content_type = "application/octet-stream";
             }
-            std::string decoded;
-            if (!base64_decode(att.content_base64, decoded)) {
+            if (!base64_valid(att.content_base64)) {
                 return fail(err_, "invalid_base64", "content must be standard base64", path + ".content");
             }
             size_t size = base64_decoded_size(att.content_base64);
             if (size > limits_.max_attachment_bytes) {
                 return fail(err_, "too_large",
-                            "an attachment may be at most " + std::to_string(limits_.max_attachment_bytes) +
-                                " bytes",
+                            "an attachment may be at most " + std::to_string(limits_.max_attachment_bytes) + " bytes",
                             path + ".content");
             }
             total += size;
             if (total > limits_.max_attachments_total) {
                 return fail(err_, "too_large",
-                            "attachments together may be at most " +
-                                std::to_string(limits_.max_attachments_total) + " bytes",
+                            "attachments together may be at most " + std::to_string(limits_.max_attachments_total) +
+                                " bytes",
                             path + ".content");
             }
             msg_.attachments.push_back(std::move(att));
@@ -428,21 +460,20 @@ private:
         return true;
     }
 
-    bool send_at(json_t *root) {
-        json_t *v = json_object_get(root, "send_at");
-        if (!v) return true;
-        if (!json_is_string(v)) {
+    bool send_at(object root) {
+        element v;
+        if (!member(root, "send_at", v)) return true;
+        std::string_view sv;
+        if (!is_string(v, sv)) {
             return fail(err_, "invalid_type", "send_at must be an RFC 3339 timestamp string", "send_at");
         }
         int64_t t;
-        if (!rfc3339_parse(json_string_value(v), t)) {
-            return fail(err_, "invalid_value", "send_at must be RFC 3339, e.g. 2026-01-02T15:04:05Z",
-                        "send_at");
+        if (!rfc3339_parse(sv, t)) {
+            return fail(err_, "invalid_value", "send_at must be RFC 3339, e.g. 2026-01-02T15:04:05Z", "send_at");
         }
         if (now_ && t > now_ + limits_.max_send_at_horizon) {
             return fail(err_, "invalid_value",
-                        "send_at may be at most " + std::to_string(limits_.max_send_at_horizon) +
-                            " seconds ahead",
+                        "send_at may be at most " + std::to_string(limits_.max_send_at_horizon) + " seconds ahead",
                         "send_at");
         }
         msg_.send_at = (now_ && t <= now_) ? 0 : t;
@@ -515,16 +546,19 @@ std::vector<std::string> message_recipients(const Message &msg) {
 
 bool message_parse(std::string_view json, const MessageLimits &limits, int64_t now, Message &msg,
                    FieldError &err) {
-    json_error_t jerr;
-    Json root(json_loadb(json.data(), json.size(), JSON_REJECT_DUPLICATES, &jerr));
-    if (!root) {
-        return fail(err, "invalid_json",
-                    std::string("malformed JSON at line ") + std::to_string(jerr.line) + ", column " +
-                        std::to_string(jerr.column) + ": " + jerr.text,
-                    "", 400);
+    // One parser a thread, reused: its buffers grow to the largest body seen.
+    thread_local simdjson::dom::parser parser;
+    element root;
+    simdjson::error_code code = parser.parse(json.data(), json.size()).get(root);
+    if (code != simdjson::SUCCESS) {
+        return fail(err, "invalid_json", std::string("malformed JSON: ") + simdjson::error_message(code), "", 400);
+    }
+    std::string dup;
+    if (find_duplicate_key(root, dup)) {
+        return fail(err, "invalid_json", "malformed JSON: duplicate key \"" + dup.substr(0, 64) + "\"", "", 400);
     }
     Message m;
-    if (!Parser(limits, now, m, err).parse(root.get())) return false;
+    if (!Parser(limits, now, m, err).parse(root)) return false;
     msg = std::move(m);
     return true;
 }
