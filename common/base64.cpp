@@ -15,10 +15,11 @@ std::string base64_encode(std::string_view in) {
 
 std::string base64url_encode(std::string_view in) {
     std::string out = base64_encode(in);
-    while (!out.empty() && out.back() == '=') out.pop_back();
+    size_t n = out.size();
+    while (n > 0 && out[n - 1] == '=') n--;
+    out.resize(n);
     for (char &c : out) {
-        if (c == '+') c = '-';
-        else if (c == '/') c = '_';
+        c = c == '+' ? '-' : c == '/' ? '_' : c;  // branch-free select
     }
     return out;
 }

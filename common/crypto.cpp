@@ -1,14 +1,17 @@
 #include "crypto.h"
 
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <unistd.h>
+
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
 
 #include "base64.h"
+#include "ossl.h"
 #include "lines.h"
 
 namespace mailapi {
@@ -105,10 +108,6 @@ std::string envelope_aad(std::string_view tenant, std::string_view message_id) {
 }
 
 namespace {
-struct CipherCtxFree {
-    void operator()(EVP_CIPHER_CTX *c) const { EVP_CIPHER_CTX_free(c); }
-};
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree>;
 constexpr size_t NONCE_LEN = 12;
 constexpr size_t TAG_LEN = 16;
 }  // namespace
@@ -120,17 +119,17 @@ bool envelope_seal(const Keyring &ring, std::string_view aad, std::string_view p
     std::string raw(NONCE_LEN + plaintext.size() + TAG_LEN, '\0');
     auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
     if (!random_bytes(nonce, NONCE_LEN)) return false;
-    CipherCtx ctx(EVP_CIPHER_CTX_new());
+    EVP_CIPHER_CTX *ctx = aes_gcm_ctx();
     int len = 0;
-    if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k.key.data(), nonce) != 1 ||
-        EVP_EncryptUpdate(ctx.get(), nullptr, &len,
+    if (!ctx || EVP_EncryptInit_ex2(ctx, aes_256_gcm(), k.key.data(), nonce, nullptr) != 1 ||
+        EVP_EncryptUpdate(ctx, nullptr, &len,
                           reinterpret_cast<const unsigned char *>(aad.data()),
                           static_cast<int>(aad.size())) != 1 ||
-        EVP_EncryptUpdate(ctx.get(), nonce + NONCE_LEN, &len,
+        EVP_EncryptUpdate(ctx, nonce + NONCE_LEN, &len,
                           reinterpret_cast<const unsigned char *>(plaintext.data()),
                           static_cast<int>(plaintext.size())) != 1 ||
-        EVP_EncryptFinal_ex(ctx.get(), nonce + NONCE_LEN + len, &len) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, TAG_LEN,
+        EVP_EncryptFinal_ex(ctx, nonce + NONCE_LEN + len, &len) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN,
                             nonce + NONCE_LEN + plaintext.size()) != 1) {
         return false;
     }
@@ -150,16 +149,16 @@ bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view e
     auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
     size_t ct_len = raw.size() - NONCE_LEN - TAG_LEN;
     std::string pt(ct_len, '\0');
-    CipherCtx ctx(EVP_CIPHER_CTX_new());
+    EVP_CIPHER_CTX *ctx = aes_gcm_ctx();
     int len = 0;
-    if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k->key.data(), nonce) != 1 ||
-        EVP_DecryptUpdate(ctx.get(), nullptr, &len,
+    if (!ctx || EVP_DecryptInit_ex2(ctx, aes_256_gcm(), k->key.data(), nonce, nullptr) != 1 ||
+        EVP_DecryptUpdate(ctx, nullptr, &len,
                           reinterpret_cast<const unsigned char *>(aad.data()),
                           static_cast<int>(aad.size())) != 1 ||
-        EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char *>(pt.data()), &len,
+        EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char *>(pt.data()), &len,
                           nonce + NONCE_LEN, static_cast<int>(ct_len)) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, TAG_LEN, nonce + NONCE_LEN + ct_len) != 1 ||
-        EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char *>(pt.data()) + len, &len) != 1) {
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, nonce + NONCE_LEN + ct_len) != 1 ||
+        EVP_DecryptFinal_ex(ctx, reinterpret_cast<unsigned char *>(pt.data()) + len, &len) != 1) {
         return false;
     }
     out.swap(pt);
@@ -167,27 +166,59 @@ bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view e
 }
 
 std::string blind_index(const Keyring &ring, std::string_view addr) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    HMAC(EVP_sha256(), ring.index_key.data(), static_cast<int>(ring.index_key.size()),
-         reinterpret_cast<const unsigned char *>(addr.data()), addr.size(), md, &len);
-    return base64url_encode(std::string_view(reinterpret_cast<char *>(md), len));
+    unsigned char md[32];
+    std::string_view key(reinterpret_cast<const char *>(ring.index_key.data()), ring.index_key.size());
+    if (!hmac_sha256(key, addr, md)) return "";
+    return base64url_encode(std::string_view(reinterpret_cast<char *>(md), sizeof md));
 }
 
 bool random_bytes(void *buf, size_t len) {
-    return RAND_bytes(static_cast<unsigned char *>(buf), static_cast<int>(len)) == 1;
+    // CSPRNG output taken 4 KiB at a time: a call per request costs more than
+    // the encryption. Refilled in a forked child so no two processes share it.
+    struct Pool {
+        unsigned char bytes[4096];
+        size_t used = sizeof bytes;
+        pid_t pid = 0;
+    };
+    thread_local Pool pool;
+    if (len > sizeof pool.bytes) {
+        return RAND_bytes(static_cast<unsigned char *>(buf), static_cast<int>(len)) == 1;
+    }
+    if (pool.used + len > sizeof pool.bytes || pool.pid != getpid()) {
+        if (RAND_bytes(pool.bytes, sizeof pool.bytes) != 1) return false;
+        pool.used = 0;
+        pool.pid = getpid();
+    }
+    std::memcpy(buf, pool.bytes + pool.used, len);
+    OPENSSL_cleanse(pool.bytes + pool.used, len);  // handed out once
+    pool.used += len;
+    return true;
 }
 
 static const char CROCKFORD[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 bool message_id_new(int64_t now_ms, std::string &out) {
+    // Monotonic within a thread: in the same millisecond (or if the clock
+    // steps back) the 80 random bits of the previous id are incremented, so
+    // ids sort in the order they were issued.
+    thread_local int64_t last_ms = -1;
+    thread_local unsigned char last[16];
     unsigned char bits[16];
-    uint64_t t = static_cast<uint64_t>(now_ms);
-    for (int i = 5; i >= 0; i--) {
-        bits[i] = static_cast<unsigned char>(t & 0xff);
-        t >>= 8;
+    if (now_ms <= last_ms) {
+        std::memcpy(bits, last, sizeof bits);
+        for (int i = 15; i >= 6 && ++bits[i] == 0; i--) {
+        }
+    } else {
+        uint64_t t = static_cast<uint64_t>(now_ms);
+        for (int i = 5; i >= 0; i--) {
+            bits[i] = static_cast<unsigned char>(t & 0xff);
+            t >>= 8;
+        }
+        if (!random_bytes(bits + 6, 10)) return false;
+        bits[6] &= 0x7f;  // headroom: increments never carry into the time
+        last_ms = now_ms;
     }
-    if (!random_bytes(bits + 6, 10)) return false;
+    std::memcpy(last, bits, sizeof bits);
     // 128 bits as 26 base32 digits: the first digit carries the top 3 bits.
     std::string id = "msg_";
     unsigned acc = 0;

@@ -1,9 +1,9 @@
 #include "token.h"
 
 #include <openssl/crypto.h>
-#include <openssl/hmac.h>
 
 #include "base64.h"
+#include "ossl.h"
 
 namespace mailapi {
 
@@ -69,17 +69,15 @@ TokenStatus token_parse(std::string_view token, TokenParts &p) {
     return TokenStatus::ok;
 }
 
-static std::string hmac_sha256(std::string_view key, std::string_view data) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-         reinterpret_cast<const unsigned char *>(data.data()), data.size(), md, &len);
-    return std::string(reinterpret_cast<char *>(md), len);
+static std::string signature(std::string_view key, std::string_view data) {
+    unsigned char md[32];
+    if (!hmac_sha256(key, data, md)) return "";
+    return base64url_encode(std::string_view(reinterpret_cast<char *>(md), sizeof md));
 }
 
 TokenStatus token_verify(const TokenParts &p, std::string_view secret, int64_t now,
                          int64_t skew, int64_t max_lifetime) {
-    std::string expected = base64url_encode(hmac_sha256(secret, p.signed_part));
+    std::string expected = signature(secret, p.signed_part);
     if (expected.size() != p.signature.size() ||
         CRYPTO_memcmp(expected.data(), p.signature.data(), expected.size()) != 0) {
         return TokenStatus::bad_signature;
@@ -94,7 +92,7 @@ std::string token_mint(std::string_view key_id, std::string_view secret, int64_t
     std::string signed_part = "v1.";
     signed_part.append(key_id);
     signed_part += "." + std::to_string(expires) + "." + scopes_name(scopes);
-    return signed_part + "." + base64url_encode(hmac_sha256(secret, signed_part));
+    return signed_part + "." + signature(secret, signed_part);
 }
 
 }  // namespace mailapi

@@ -92,3 +92,15 @@ TEST(MessageId, FormatAndOrder) {
     EXPECT_FALSE(message_id_valid("msg_"));
     EXPECT_FALSE(message_id_valid("../../etc/passwd"));
 }
+
+TEST(MessageId, MonotonicWithinOneMillisecond) {
+    std::string prev, id;
+    ASSERT_TRUE(message_id_new(1700000000500, prev));
+    for (int i = 0; i < 1000; i++) {
+        ASSERT_TRUE(message_id_new(1700000000500, id));
+        ASSERT_LT(prev, id);
+        prev = id;
+    }
+    ASSERT_TRUE(message_id_new(1700000000400, id));  // clock stepped back
+    EXPECT_LT(prev, id);
+}

@@ -1,0 +1,17 @@
+// OpenSSL 3 contexts fetched once and reused per thread: implicit fetching on
+// every call (EVP_aes_256_gcm(), one-shot HMAC()) costs more than the work.
+#pragma once
+#include <openssl/evp.h>
+
+#include <string_view>
+
+namespace mailapi {
+
+// A cipher context for AES-256-GCM, owned by the calling thread.
+EVP_CIPHER_CTX *aes_gcm_ctx();
+const EVP_CIPHER *aes_256_gcm();
+
+// HMAC-SHA256 of data under key; out must hold 32 bytes. False on failure.
+bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out);
+
+}  // namespace mailapi
