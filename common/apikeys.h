@@ -1,5 +1,7 @@
-// API keys file: one key a line, "key_id tenant scopes secret_base64".
+// API keys file: one key a line,
+//   key_id tenant scopes secret_base64 [rate=N/s|N/m|N/h] [burst=N] [quota=N/d]
 #pragma once
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,6 +13,9 @@ struct ApiKey {
     std::string tenant;
     unsigned scopes = 0;
     std::string secret;  // raw bytes
+    double rate = 0;         // sends per second, 0 = unlimited
+    unsigned burst = 0;      // sends allowed at once (default: one second's worth)
+    uint64_t daily_quota = 0;  // sends per UTC day, 0 = unlimited
 };
 
 constexpr size_t API_SECRET_MIN_BYTES = 16;

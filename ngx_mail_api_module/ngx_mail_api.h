@@ -39,6 +39,7 @@ struct ngx_mail_api_main_conf_t {
     ngx_str_t thread_pool_name;
     ngx_thread_pool_t *thread_pool;
 
+    ngx_msec_t idempotency_ttl;
     time_t token_max_ttl;
     time_t token_clock_skew;
     size_t max_message_size;
@@ -52,6 +53,34 @@ struct ngx_mail_api_loc_conf_t {
     ngx_flag_t enable;
 };
 
+// Per request.
+struct ngx_mail_api_auth_t {
+    const mailapi::ApiKey *key = nullptr;
+    unsigned scopes = 0;
+};
+
+struct ngx_mail_api_query_t;
+
+struct ngx_mail_api_ctx_t {
+    const mailapi::ApiKey *key;
+    ngx_mail_api_query_t *query;
+};
+
+// True with `auth` set; otherwise the request was answered and `rc` is what
+// answering returned (which may itself be NGX_OK).
+bool ngx_mail_api_authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need,
+                               ngx_mail_api_auth_t &auth, ngx_int_t &rc);
+bool ngx_mail_api_content_type_json(ngx_http_request_t *r) noexcept;
+// The body as one string, from memory buffers and, for large bodies, nginx's
+// temp file; NGX_HTTP_REQUEST_ENTITY_TOO_LARGE past `max`.
+ngx_int_t ngx_mail_api_body_string(ngx_http_request_t *r, size_t max, std::string &out);
+// Finalizes a request from an event handler outside nginx's HTTP core.
+void ngx_mail_api_finish(ngx_http_request_t *r, ngx_int_t rc) noexcept;
+bool ngx_mail_api_add_header(ngx_http_request_t *r, const char *key, const std::string &value) noexcept;
+
+// POST /v1/messages
+ngx_int_t ngx_mail_api_handle_send(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf);
+
 // Redis: one connection per worker on nginx's event loop.
 typedef void (*ngx_mail_api_redis_handler_pt)(void *data, redisReply *reply);
 
@@ -63,6 +92,11 @@ bool ngx_mail_api_redis_ready() noexcept;
 // no connection.
 ngx_int_t ngx_mail_api_redis_command(int argc, const char **argv, const size_t *lens,
                                      ngx_mail_api_redis_handler_pt handler, void *data) noexcept;
+// The enqueue script (Lua), loaded on every new connection.
+extern const char ngx_mail_api_enqueue_script[];
+const char *ngx_mail_api_enqueue_sha() noexcept;
+// Loads the script again (after Redis answered NOSCRIPT).
+void ngx_mail_api_redis_load_script() noexcept;
 // Called when a command timed out: drops a connection that has gone quiet so
 // that the next request finds a fresh one.
 void ngx_mail_api_redis_stalled(ngx_msec_t timeout) noexcept;

@@ -54,6 +54,9 @@ ngx_command_t commands[] = {
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
     {ngx_string("mail_api_thread_pool"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_str_slot,
      NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_mail_api_main_conf_t, thread_pool_name), nullptr},
+    {ngx_string("mail_api_idempotency_ttl"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
+     offsetof(ngx_mail_api_main_conf_t, idempotency_ttl), nullptr},
     {ngx_string("mail_api_token_max_ttl"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_MAIN_CONF_OFFSET,
      offsetof(ngx_mail_api_main_conf_t, token_max_ttl), nullptr},
@@ -131,6 +134,7 @@ void *create_main_conf(ngx_conf_t *cf) noexcept {
     mcf->redis_port = NGX_CONF_UNSET;
     mcf->redis_timeout = NGX_CONF_UNSET_MSEC;
     mcf->redis_connect_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->idempotency_ttl = NGX_CONF_UNSET_MSEC;
     mcf->token_max_ttl = NGX_CONF_UNSET;
     mcf->token_clock_skew = NGX_CONF_UNSET;
     mcf->max_message_size = NGX_CONF_UNSET_SIZE;
@@ -143,6 +147,7 @@ char *init_main_conf(ngx_conf_t *cf, void *conf) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(conf);
     ngx_conf_init_msec_value(mcf->redis_timeout, 2000);
     ngx_conf_init_msec_value(mcf->redis_connect_timeout, 1000);
+    ngx_conf_init_msec_value(mcf->idempotency_ttl, 86400000);
     ngx_conf_init_value(mcf->token_max_ttl, 86400);
     ngx_conf_init_value(mcf->token_clock_skew, 30);
     ngx_conf_init_size_value(mcf->max_message_size, 10 * 1024 * 1024);
@@ -364,7 +369,9 @@ void exit_process(ngx_cycle_t *cycle) noexcept {
 
 // ---------------------------------------------------------------- responses
 
-bool add_header(ngx_http_request_t *r, const char *key, const std::string &value) noexcept {
+}  // namespace
+
+bool ngx_mail_api_add_header(ngx_http_request_t *r, const char *key, const std::string &value) noexcept {
     ngx_table_elt_t *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
     if (h == nullptr) return false;
     u_char *v = static_cast<u_char *>(ngx_pnalloc(r->pool, value.size()));
@@ -377,8 +384,6 @@ bool add_header(ngx_http_request_t *r, const char *key, const std::string &value
     h->value.len = value.size();
     return true;
 }
-
-}  // namespace
 
 std::string ngx_mail_api_error_json(const char *code, const std::string &message,
                                     const std::string &field) {
@@ -405,7 +410,7 @@ ngx_int_t ngx_mail_api_send_json(ngx_http_request_t *r, ngx_uint_t status, const
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = nullptr;
     // Answers hold personal data or credentials: never cache them.
-    if (!add_header(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (!ngx_mail_api_add_header(r, "Cache-Control", "no-store")) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     ngx_int_t rc = ngx_http_send_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
     ngx_buf_t *b = ngx_create_temp_buf(r->pool, body.size() ? body.size() : 1);
@@ -421,11 +426,11 @@ ngx_int_t ngx_mail_api_send_error(ngx_http_request_t *r, ngx_uint_t status, cons
                                   const std::string &message, const std::string &field) noexcept {
     try {
         if (status == NGX_HTTP_UNAUTHORIZED) {
-            add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+            ngx_mail_api_add_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
         } else if (status == NGX_HTTP_FORBIDDEN && ngx_strcmp(code, "insufficient_scope") == 0) {
-            add_header(r, "WWW-Authenticate", "Bearer error=\"insufficient_scope\"");
+            ngx_mail_api_add_header(r, "WWW-Authenticate", "Bearer error=\"insufficient_scope\"");
         } else if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-            add_header(r, "Retry-After", "1");
+            ngx_mail_api_add_header(r, "Retry-After", "1");
         }
         return ngx_mail_api_send_json(r, status, ngx_mail_api_error_json(code, message, field));
     } catch (...) {
@@ -439,14 +444,10 @@ using mailapi::TokenStatus;
 
 // ---------------------------------------------------------------- auth
 
-struct Auth {
-    const mailapi::ApiKey *key = nullptr;
-    unsigned scopes = 0;
-};
 
 // True with `auth` set; otherwise the request was answered and `rc` is what
 // answering returned (which may itself be NGX_OK).
-ngx_int_t authenticate_or_answer(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, Auth &auth) {
+ngx_int_t authenticate_or_answer(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, ngx_mail_api_auth_t &auth) {
     ngx_table_elt_t *h = r->headers_in.authorization;
     if (h == nullptr || h->value.len < 7 || ngx_strncasecmp(h->value.data, (u_char *)"Bearer ", 7) != 0) {
         return ngx_mail_api_send_error(r, NGX_HTTP_UNAUTHORIZED, "token_missing",
@@ -497,21 +498,17 @@ ngx_int_t authenticate_or_answer(ngx_http_request_t *r, ngx_mail_api_main_conf_t
     return NGX_OK;
 }
 
-// True with `auth` set; otherwise the request was answered and `rc` is what
-// answering returned (which may itself be NGX_OK).
-bool authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, Auth &auth, ngx_int_t &rc) {
+}  // namespace
+
+bool ngx_mail_api_authenticate(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, unsigned need, ngx_mail_api_auth_t &auth, ngx_int_t &rc) {
     rc = authenticate_or_answer(r, mcf, need, auth);
     return auth.key != nullptr;
 }
 
 // ---------------------------------------------------------------- request body
 
-struct RequestCtx {
-    const mailapi::ApiKey *key;
-    ngx_mail_api_query_t *query;
-};
 
-bool content_type_json(ngx_http_request_t *r) {
+bool ngx_mail_api_content_type_json(ngx_http_request_t *r) noexcept {
     ngx_table_elt_t *ct = r->headers_in.content_type;
     if (ct == nullptr) return false;
     static const char json[] = "application/json";
@@ -520,8 +517,7 @@ bool content_type_json(ngx_http_request_t *r) {
     return ct->value.len == n || ct->value.data[n] == ';' || ct->value.data[n] == ' ';
 }
 
-// The body as one string, from memory buffers and, for large bodies, nginx's temp file.
-ngx_int_t body_string(ngx_http_request_t *r, size_t max, std::string &out) {
+ngx_int_t ngx_mail_api_body_string(ngx_http_request_t *r, size_t max, std::string &out) {
     if (r->request_body == nullptr) return NGX_OK;
     for (ngx_chain_t *cl = r->request_body->bufs; cl; cl = cl->next) {
         ngx_buf_t *b = cl->buf;
@@ -540,163 +536,23 @@ ngx_int_t body_string(ngx_http_request_t *r, size_t max, std::string &out) {
     return NGX_OK;
 }
 
-// ---------------------------------------------------------------- send
-
-// Lives until Redis answers, which may be after the request timed out and
-// ended; `r` is then NULL and the reply only frees this.
-struct EnqueueCall {
-    ngx_http_request_t *r;
-    ngx_event_t timer;
-    ngx_msec_t timeout;
-    char id[32];
-};
-
-void finish(ngx_http_request_t *r, ngx_int_t rc) noexcept {
+void ngx_mail_api_finish(ngx_http_request_t *r, ngx_int_t rc) noexcept {
     ngx_connection_t *c = r->connection;
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
 }
 
-void enqueue_done(void *data, redisReply *reply) noexcept {
-    auto *call = static_cast<EnqueueCall *>(data);
-    ngx_http_request_t *r = call->r;
-    if (call->timer.timer_set) {
-        ngx_del_timer(&call->timer);
-    }
-    if (r == nullptr) {
-        ngx_free(call);
-        return;
-    }
-    ngx_int_t rc;
-    if (reply == nullptr || reply->type == REDIS_REPLY_ERROR) {
-        if (reply) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "mail_api: XADD failed: %s", reply->str);
-        }
-        rc = ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
-                                     "the queue is unavailable, retry later");
-    } else {
-        try {
-            rc = ngx_mail_api_send_json(r, NGX_HTTP_ACCEPTED,
-                                        std::string("{\"id\":\"") + call->id + "\",\"status\":\"queued\"}");
-        } catch (...) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-    ngx_free(call);
-    finish(r, rc);
-}
-
-void enqueue_timeout(ngx_event_t *ev) noexcept {
-    auto *call = static_cast<EnqueueCall *>(ev->data);
-    ngx_http_request_t *r = call->r;
-    call->r = nullptr;  // the reply, if it ever comes, only frees the call
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "mail_api: redis did not answer in time");
-    finish(r, ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
-                                      "the queue did not answer in time, retry later"));
-    ngx_mail_api_redis_stalled(call->timeout);
-}
-
-ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const mailapi::ApiKey *key,
-                  const std::string &body) {
-    mailapi::Message msg;
-    mailapi::FieldError ferr;
-    if (!mailapi::message_parse(body, *mcf->limits, ngx_time(), msg, ferr)) {
-        return ngx_mail_api_send_error(r, static_cast<ngx_uint_t>(ferr.status), ferr.code.c_str(), ferr.message,
-                                       ferr.field);
-    }
-    ngx_time_t *tp = ngx_timeofday();
-    int64_t now_ms = static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
-    // The envelope holds the body as received: it has just been validated, and
-    // deliveryd and the recover path read it with the same parser.
-    std::string id, envelope;
-    if (!mailapi::message_id_new(now_ms, id) ||
-        !mailapi::envelope_seal(*mcf->keyring, mailapi::envelope_aad(key->tenant, id),
-                                body, envelope)) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    if (!ngx_mail_api_redis_ready()) {
-        return ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
-                                       "the queue is unavailable, retry later");
-    }
-    auto *call = static_cast<EnqueueCall *>(ngx_calloc(sizeof(EnqueueCall), r->connection->log));
-    if (call == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    call->r = r;
-    call->timeout = mcf->redis_timeout;
-    ngx_memcpy(call->id, id.c_str(), id.size() + 1);
-    call->timer.handler = enqueue_timeout;
-    call->timer.data = call;
-    call->timer.log = r->connection->log;
-
-    // Routing fields are plain; the message itself only as the envelope.
-    std::string created = std::to_string(now_ms), send_at = std::to_string(msg.send_at);
-    std::string stream = to_string(mcf->redis_stream);
-    const char *argv[] = {"XADD", stream.c_str(), "*", "id", id.c_str(), "tenant", key->tenant.c_str(),
-                          "created", created.c_str(), "send_at", send_at.c_str(), "attempt", "0",
-                          "env", envelope.c_str()};
-    size_t lens[sizeof argv / sizeof argv[0]];
-    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++) lens[i] = strlen(argv[i]);
-    lens[sizeof argv / sizeof argv[0] - 1] = envelope.size();
-    if (ngx_mail_api_redis_command(sizeof argv / sizeof argv[0], argv, lens, enqueue_done, call) != NGX_OK) {
-        ngx_free(call);
-        return ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
-                                       "the queue is unavailable, retry later");
-    }
-    ngx_add_timer(&call->timer, mcf->redis_timeout);
-    return NGX_DONE;
-}
-
-void send_body_read(ngx_http_request_t *r) noexcept {
-    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
-    auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
-    ngx_int_t rc;
-    try {
-        std::string body;
-        rc = body_string(r, mcf->max_message_size, body);
-        if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
-            rc = ngx_mail_api_send_error(r, rc, "too_large",
-                                         "the request body is larger than " +
-                                             std::to_string(mcf->max_message_size) + " bytes");
-        } else if (rc == NGX_OK) {
-            rc = enqueue(r, mcf, ctx->key, body);
-            if (rc == NGX_DONE) return;  // finished by enqueue_done or enqueue_timeout
-        }
-    } catch (...) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ngx_http_finalize_request(r, rc);
-}
-
-ngx_int_t handle_send(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
-    Auth auth;
-    ngx_int_t rc;
-    if (!authenticate(r, mcf, mailapi::SCOPE_SEND, auth, rc)) return rc;
-    if (!content_type_json(r)) {
-        return ngx_mail_api_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-                                       "send the message as Content-Type: application/json");
-    }
-    if (r->headers_in.content_length_n > static_cast<off_t>(mcf->max_message_size)) {
-        return ngx_mail_api_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "too_large",
-                                       "the request body is larger than " +
-                                           std::to_string(mcf->max_message_size) + " bytes");
-    }
-    auto *ctx = static_cast<RequestCtx *>(ngx_pcalloc(r->pool, sizeof(RequestCtx)));
-    if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    ctx->key = auth.key;
-    ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
-    rc = ngx_http_read_client_request_body(r, send_body_read);
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
-    return NGX_DONE;
-}
+namespace {
 
 // ---------------------------------------------------------------- recover
 
 void query_done(ngx_event_t *ev) noexcept {
     auto *r = static_cast<ngx_http_request_t *>(ev->data);
-    auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
     ngx_mail_api_query_t *q = ctx->query;
+    if (q->status == NGX_HTTP_SERVICE_UNAVAILABLE) ngx_mail_api_add_header(r, "Retry-After", "1");
     ngx_int_t rc = q->status ? ngx_mail_api_send_json(r, q->status, q->body) : NGX_HTTP_INTERNAL_SERVER_ERROR;
-    if (q->status == NGX_HTTP_SERVICE_UNAVAILABLE) add_header(r, "Retry-After", "1");
-    finish(r, rc);
+    ngx_mail_api_finish(r, rc);
 }
 
 bool arg(ngx_http_request_t *r, const char *name, std::string &out, bool &present) {
@@ -711,7 +567,7 @@ bool arg(ngx_http_request_t *r, const char *name, std::string &out, bool &presen
 }
 
 ngx_int_t start_query(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, ngx_mail_api_query_t *q) {
-    auto *ctx = static_cast<RequestCtx *>(ngx_pcalloc(r->pool, sizeof(RequestCtx)));
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_pcalloc(r->pool, sizeof(ngx_mail_api_ctx_t)));
     if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     ctx->query = q;
     ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
@@ -724,9 +580,9 @@ ngx_int_t start_query(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, ngx_
 }
 
 ngx_int_t handle_list(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
-    Auth auth;
+    ngx_mail_api_auth_t auth;
     ngx_int_t rc;
-    if (!authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
+    if (!ngx_mail_api_authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
     std::string recipient, limit_s, cursor_s;
     bool has_rcpt, has_limit, has_cursor;
     if (!arg(r, "recipient", recipient, has_rcpt) || !has_rcpt || !mailapi::address_valid(recipient)) {
@@ -763,9 +619,9 @@ ngx_int_t handle_list(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
 }
 
 ngx_int_t handle_get(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, std::string_view id) {
-    Auth auth;
+    ngx_mail_api_auth_t auth;
     ngx_int_t rc;
-    if (!authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
+    if (!ngx_mail_api_authenticate(r, mcf, mailapi::SCOPE_READ, auth, rc)) return rc;
     if (!mailapi::message_id_valid(id)) {
         return ngx_mail_api_send_error(r, NGX_HTTP_NOT_FOUND, "not_found", "no such message");
     }
@@ -841,11 +697,11 @@ ngx_int_t handle_tokens_body(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mc
 
 void tokens_body_read(ngx_http_request_t *r) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
-    auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
     ngx_int_t rc;
     try {
         std::string body;
-        rc = body_string(r, 4096, body);
+        rc = ngx_mail_api_body_string(r, 4096, body);
         if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
             rc = ngx_mail_api_send_error(r, rc, "too_large", "the request body is larger than 4096 bytes");
         } else if (rc == NGX_OK) {
@@ -876,16 +732,16 @@ ngx_int_t handle_tokens(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
         OPENSSL_cleanse(decoded.data(), decoded.size());
     }
     if (!ok) {
-        add_header(r, "WWW-Authenticate", "Basic realm=\"mail_api\"");
+        ngx_mail_api_add_header(r, "WWW-Authenticate", "Basic realm=\"mail_api\"");
         return ngx_mail_api_send_json(
             r, NGX_HTTP_UNAUTHORIZED,
             ngx_mail_api_error_json("invalid_credentials", "send HTTP Basic with the key id and its secret", ""));
     }
-    if (r->headers_in.content_length_n > 0 && !content_type_json(r)) {
+    if (r->headers_in.content_length_n > 0 && !ngx_mail_api_content_type_json(r)) {
         return ngx_mail_api_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                        "send Content-Type: application/json");
     }
-    auto *ctx = static_cast<RequestCtx *>(ngx_pcalloc(r->pool, sizeof(RequestCtx)));
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_pcalloc(r->pool, sizeof(ngx_mail_api_ctx_t)));
     if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     ctx->key = key;
     ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
@@ -904,7 +760,7 @@ ngx_int_t handle_health(ngx_http_request_t *r) {
 }
 
 ngx_int_t method_not_allowed(ngx_http_request_t *r, const char *allow) {
-    add_header(r, "Allow", allow);
+    ngx_mail_api_add_header(r, "Allow", allow);
     return ngx_mail_api_send_error(r, NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
                                    std::string("allowed: ") + allow);
 }
@@ -913,7 +769,7 @@ ngx_int_t route(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     std::string_view uri(reinterpret_cast<char *>(r->uri.data), r->uri.len);
     bool post = r->method == NGX_HTTP_POST, get = r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD);
     if (uri == "/v1/messages") {
-        if (post) return handle_send(r, mcf);
+        if (post) return ngx_mail_api_handle_send(r, mcf);
         if (get) return handle_list(r, mcf);
         return method_not_allowed(r, "GET, POST");
     }

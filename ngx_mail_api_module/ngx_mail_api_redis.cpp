@@ -128,6 +128,16 @@ void on_connect(const redisAsyncContext *ac, int status) noexcept {
     r->backoff = BACKOFF_MIN;
     r->last_reply = ngx_current_msec;
     ngx_log_error(NGX_LOG_INFO, r->log, 0, "mail_api: redis connected");
+    // Ahead of any EVALSHA on this connection: replies come in order.
+    ngx_mail_api_redis_load_script();
+}
+
+void on_script_loaded(redisAsyncContext *ac, void *reply, void *) noexcept {
+    auto *rep = static_cast<redisReply *>(reply);
+    if (rep && rep->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, static_cast<RedisConn *>(ac->ev.data)->log, 0,
+                      "mail_api: redis SCRIPT LOAD failed: %s", rep->str);
+    }
 }
 
 void on_disconnect(const redisAsyncContext *ac, int status) noexcept {
@@ -211,6 +221,12 @@ void on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept {
 }
 
 }  // namespace
+
+void ngx_mail_api_redis_load_script() noexcept {
+    RedisConn *r = g_redis;
+    if (r == nullptr || r->ac == nullptr || !r->connected) return;
+    redisAsyncCommand(r->ac, on_script_loaded, nullptr, "SCRIPT LOAD %s", ngx_mail_api_enqueue_script);
+}
 
 ngx_int_t ngx_mail_api_redis_init(ngx_cycle_t *cycle, ngx_mail_api_main_conf_t *mcf) noexcept {
     auto *r = static_cast<RedisConn *>(ngx_pcalloc(cycle->pool, sizeof(RedisConn)));

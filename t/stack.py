@@ -83,8 +83,9 @@ class Proc:
 
 
 class Key:
-    def __init__(self, key_id, tenant, scopes, secret):
+    def __init__(self, key_id, tenant, scopes, secret, options=""):
         self.id, self.tenant, self.scopes, self.secret = key_id, tenant, scopes, secret
+        self.options = options
 
     @property
     def secret_b64(self):
@@ -115,8 +116,8 @@ class Stack:
         os.chmod(path, 0o600)
         return path
 
-    def add_key(self, key_id, tenant, scopes="send+read"):
-        key = Key(key_id, tenant, scopes, os.urandom(32))
+    def add_key(self, key_id, tenant, scopes="send+read", options=""):
+        key = Key(key_id, tenant, scopes, os.urandom(32), options)
         self.keys.append(key)
         self.write_keys()
         return key
@@ -126,7 +127,7 @@ class Stack:
         with open(path, "w") as f:
             f.write("# key_id tenant scopes secret_base64\n")
             for k in self.keys:
-                f.write(f"{k.id} {k.tenant} {k.scopes} {k.secret_b64}\n")
+                f.write(f"{k.id} {k.tenant} {k.scopes} {k.secret_b64} {k.options}\n")
         os.chmod(path, 0o600)
 
     # -- processes -----------------------------------------------------

@@ -28,6 +28,10 @@ TEST(ApiKeys, NamesTheBadLine) {
         "k1 acme send c2hvcnQ=\n",                          // secret too short
         "k1 ac/me send MDEyMzQ1Njc4OWFiY2RlZg==\n",         // bad tenant
         "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== extra\n",    // trailing junk
+        "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== rate=5/w\n",   // bad unit
+        "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== rate=0/s\n",   // zero
+        "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== burst=5\n",    // burst without rate
+        "k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== quota=10\n",   // no period
     };
     for (const char *line : bad) {
         EXPECT_FALSE(apikeys_parse(std::string("# header\n") + line, keys, err)) << line;
@@ -35,4 +39,22 @@ TEST(ApiKeys, NamesTheBadLine) {
     }
     EXPECT_FALSE(apikeys_parse("k1 a send MDEyMzQ1Njc4OWFiY2RlZg==\nk1 b send MDEyMzQ1Njc4OWFiY2RlZg==\n", keys, err));
     EXPECT_NE(err.find("duplicate"), std::string::npos);
+}
+
+TEST(ApiKeys, LimitOptions) {
+    std::vector<ApiKey> keys;
+    std::string err;
+    ASSERT_TRUE(apikeys_parse("a t send MDEyMzQ1Njc4OWFiY2RlZg== rate=120/m quota=1000/d\n"
+                              "b t send MDEyMzQ1Njc4OWFiY2RlZg== rate=50/s burst=200\n"
+                              "c t send MDEyMzQ1Njc4OWFiY2RlZg==\n",
+                              keys, err))
+        << err;
+    EXPECT_DOUBLE_EQ(keys[0].rate, 2.0);
+    EXPECT_EQ(keys[0].burst, 2u);
+    EXPECT_EQ(keys[0].daily_quota, 1000u);
+    EXPECT_EQ(keys[1].burst, 200u);
+    EXPECT_EQ(keys[2].rate, 0.0);
+    EXPECT_EQ(keys[2].daily_quota, 0u);
+    EXPECT_FALSE(apikeys_parse("a t send MDEyMzQ1Njc4OWFiY2RlZg== colour=blue\n", keys, err));
+    EXPECT_NE(err.find("unknown option"), std::string::npos);
 }
