@@ -183,3 +183,45 @@ def test_shipped_deliveryd_conf_is_valid(stack):
         f.write("redis 127.0.0.1:6379\nbatch many\n")
     r = subprocess.run([stackmod.DELIVERYD, "-c", f.name, "--check-config"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "bad-deliveryd.conf:2: batch must be 1..10000" in r.stderr
+
+
+@pytest.fixture
+def own_mongo(stack, own_stack, keys):
+    """Its own FerretDB behind its own nginx, on the session's Redis."""
+    own_stack.redis = stack.redis
+    mongo = own_stack.start_ferretdb()
+    nginx = own_stack.start_nginx()
+    return mongo, nginx, Api(f"http://127.0.0.1:{nginx.port}"), keys["acme_full"].token()
+
+
+def test_store_down_gives_503_then_recovers(own_stack, own_mongo, rcpt):
+    mongo, nginx, api, token = own_mongo
+    assert api.list(rcpt, token).status_code == 200
+    port = mongo.port
+    mongo.stop()
+    t0 = time.time()
+    r = api.list(rcpt, token)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    assert r.headers["Retry-After"] == "1"
+    assert time.time() - t0 < 5  # bounded by the server selection timeout, never hung
+    assert api.get("msg_01M84ZFCSJSW0XXFYF45RCBA19", token).status_code == 503
+    own_stack.start_ferretdb(port=port)
+    deadline = time.time() + 15
+    while time.time() < deadline and api.list(rcpt, token).status_code != 200:
+        time.sleep(0.3)
+    assert api.list(rcpt, token).status_code == 200
+
+
+def test_client_gone_mid_query_leaves_worker_healthy(own_stack, own_mongo, rcpt):
+    import socket
+    mongo, nginx, api, token = own_mongo
+    mongo.stop()  # queries now take the full server selection timeout
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", nginx.port))
+        s.sendall(f"GET /v1/messages?recipient={rcpt} HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {token}\r\n\r\n".encode())
+        s.close()
+    time.sleep(3)  # the queries finish for nobody
+    assert api.http.get(api.base + "/healthz").status_code == 200
+    log = open(os.path.join(own_stack.dir, "nginx-error.log")).read()
+    assert "exited on signal" not in log and "[alert]" not in log, log[-2000:]
