@@ -15,7 +15,7 @@ APT_PACKAGES=(
   nginx nginx-dev redis-server
   libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
   g++ make cmake ninja-build pkg-config googletest libgtest-dev
-  python3 python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
+  python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
   openssl curl ca-certificates wrk
 )
 GO_MIN_MINOR=22                 # FerretDB v1.24 needs Go 1.22
@@ -84,9 +84,21 @@ deps_ferretdb() {
   (cd "$src" && GOFLAGS=-mod=mod "$go" build -o "$bin" .) || die "FerretDB build failed: see the Go errors above"
 }
 
+deps_python() {
+  # schemathesis is not in Debian: a venv that still sees Debian's packages
+  local venv=$BUILD/venv
+  if [ -x "$venv/bin/schemathesis" ]; then return 0; fi
+  say "installing schemathesis from PyPI into $venv"
+  mkdir -p "$BUILD"
+  "$PY" -m venv --system-site-packages "$venv" || die "python3 -m venv failed: install python3-venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check schemathesis \
+    || die "pip install schemathesis failed: check access to PyPI"
+}
+
 deps() {
   deps_apt
   deps_ferretdb
+  deps_python
 }
 
 nginx_objs() {

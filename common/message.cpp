@@ -420,8 +420,13 @@ private:
                 }
             }
             Attachment att;
+            element content;
+            if (!member(ao, "content", content)) {
+                return fail(err_, "required", "content is required", path + ".content");
+            }
+            // An empty file is a file: content may be "".
             if (!string_field(ao, "filename", path + ".filename", att.filename, true, 255) ||
-                !string_field(ao, "content", path + ".content", att.content_base64, true, SIZE_MAX)) {
+                !string_field(ao, "content", path + ".content", att.content_base64, false, SIZE_MAX)) {
                 return false;
             }
             if (has_control(att.filename, false) || att.filename.find_first_of("/\\") != std::string::npos) {

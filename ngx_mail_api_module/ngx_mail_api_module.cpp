@@ -599,7 +599,7 @@ ngx_int_t handle_list(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     ngx_mail_api_query_t *q = pool_new<ngx_mail_api_query_t>(r->pool);
     if (q == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     if (!arg(r, "cursor", cursor_s, has_cursor)) has_cursor = true, cursor_s = "!";
-    if (has_cursor) {
+    if (has_cursor && !cursor_s.empty()) {  // "cursor=" is the first page
         std::string raw;
         size_t colon;
         if (!mailapi::base64url_decode(cursor_s, raw) || (colon = raw.find(':')) == std::string::npos ||
@@ -789,9 +789,37 @@ ngx_int_t route(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     return ngx_mail_api_send_error(r, NGX_HTTP_NOT_FOUND, "not_found", "no such endpoint");
 }
 
+// An error nginx itself raised (bad request line, TRACE, body over
+// client_max_body_size, ...) and sent here by error_page: the same JSON shape
+// as every other error.
+ngx_int_t nginx_error(ngx_http_request_t *r, ngx_uint_t status) {
+    struct Known {
+        ngx_uint_t status;
+        const char *code, *message;
+    };
+    static const Known known[] = {
+        {NGX_HTTP_BAD_REQUEST, "bad_request", "the request is not valid HTTP"},
+        {NGX_HTTP_NOT_FOUND, "not_found", "no such endpoint"},
+        {NGX_HTTP_NOT_ALLOWED, "method_not_allowed", "allowed: GET, POST"},
+        {NGX_HTTP_REQUEST_TIME_OUT, "request_timeout", "the request was not received in time"},
+        {NGX_HTTP_LENGTH_REQUIRED, "length_required", "send Content-Length or a chunked body"},
+        {NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "too_large", "the request body is too large"},
+        {NGX_HTTP_REQUEST_URI_TOO_LARGE, "uri_too_long", "the request URI is too long"},
+        {NGX_HTTP_REQUEST_HEADER_TOO_LARGE, "headers_too_large", "the request headers are too large"},
+        {NGX_HTTP_SERVICE_UNAVAILABLE, "unavailable", "the service is unavailable, retry later"},
+    };
+    if (status == NGX_HTTP_NOT_ALLOWED) ngx_mail_api_add_header(r, "Allow", "GET, POST");
+    for (const Known &k : known) {
+        if (k.status == status) return ngx_mail_api_send_error(r, status, k.code, k.message);
+    }
+    if (status >= 500) return ngx_mail_api_send_error(r, status, "internal", "internal error");
+    return ngx_mail_api_send_error(r, status, "bad_request", "the request was refused");
+}
+
 ngx_int_t handler(ngx_http_request_t *r) noexcept {
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
     try {
+        if (r->err_status) return nginx_error(r, r->err_status);
         return route(r, mcf);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "mail_api: internal error");

@@ -82,3 +82,18 @@ def test_keepalive_survives_early_errors(api, keys, rcpt):
 def test_health(api):
     r = api.http.get(api.base + "/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "queue": "up"}
+
+
+def test_errors_nginx_raises_itself_are_json_too(api):
+    import socket
+    r = api.http.request("TRACE", api.base + "/v1/messages")
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    r = api.http.get(api.base + "/healthz", headers={"X-Big": "x" * 20000})
+    assert r.status_code in (400, 494) and r.json()["error"]["code"] in ("bad_request", "headers_too_large")
+    r = api.http.get(api.base + "/" + "a" * 9000)
+    assert r.headers["Content-Type"] == "application/json" and "error" in r.json()
+    with socket.create_connection(("127.0.0.1", int(api.base.rsplit(":", 1)[1]))) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 400") and '"code":"bad_request"' in reply
