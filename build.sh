@@ -114,21 +114,32 @@ nginx_objs() {
     || die "nginx configure failed: see $BUILD/nginx-configure.log"
 }
 
-build() {
-  nginx_objs
+cmake_build() {  # $1 = build dir, rest = extra cmake arguments
+  local dir=$1; shift
   local gen=()
   command -v ninja >/dev/null && gen=(-G Ninja)
-  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-    say "configuring CMake"
-    cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" -DNGX_SRC="$BUILD/nginx-src" ${CMAKE_ARGS:-} >/dev/null \
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    say "configuring CMake in $dir"
+    cmake -S "$ROOT" -B "$dir" "${gen[@]}" -DNGX_SRC="$BUILD/nginx-src" "$@" >/dev/null \
       || die "cmake configure failed: see the errors above"
   fi
-  say "compiling"
+  say "compiling in $dir"
   local rc=0
-  cmake --build "$BUILD" -j"$(nproc)" >"$BUILD/compile.log" 2>&1 || rc=$?
-  grep -vE '^\[[0-9]+/[0-9]+\] |^ninja: (Entering|no work)' "$BUILD/compile.log" || true
-  [ $rc -eq 0 ] || die "compile failed: see the errors above (also in $BUILD/compile.log)"
+  cmake --build "$dir" -j"$(nproc)" >"$dir/compile.log" 2>&1 || rc=$?
+  grep -vE '^\[[0-9]+/[0-9]+\] |^ninja: (Entering|no work)' "$dir/compile.log" || true
+  [ $rc -eq 0 ] || die "compile failed: see the errors above (also in $dir/compile.log)"
+}
+
+build() {
+  nginx_objs
+  # shellcheck disable=SC2086
+  cmake_build "$BUILD" ${CMAKE_ARGS:-}
   say "built: $BUILD/ngx_mail_api_module/ngx_mail_api_module.so, $BUILD/deliveryd/deliveryd, $BUILD/tools/mailapi-token/mailapi-token"
+}
+
+# The same code with AddressSanitizer and UBSan, for the tests.
+build_sanitized() {
+  cmake_build "$BUILD/asan" -DMAILAPI_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 }
 
 run_tests() {
@@ -136,11 +147,21 @@ run_tests() {
   (cd "$BUILD" && ctest --output-on-failure -j"$(nproc)") || die "unit tests failed"
   say "end-to-end tests (pytest, real nginx, redis, FerretDB and SMTP server on loopback)"
   "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider "$@" || die "end-to-end tests failed: server logs are kept under the paths printed above"
+  if [ -z "${MAILAPI_SKIP_SANITIZE:-}" ]; then
+    build_sanitized
+    say "unit tests under ASan + UBSan"
+    (cd "$BUILD/asan" && ctest --output-on-failure -j"$(nproc)") || die "unit tests under sanitizers failed"
+    say "end-to-end tests against the ASan + UBSan build (nginx with the runtime preloaded)"
+    MAILAPI_BUILD="$BUILD/asan" MAILAPI_SANITIZE=1 "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider \
+      --deselect "$ROOT/t/e2e/test_openapi.py" "$@" \
+      || die "end-to-end tests under sanitizers failed: see the sanitizer reports above"
+  fi
 }
 
 case "${1:-build}" in
   deps)  deps ;;
   build) deps; build ;;
+  asan)  deps; build; build_sanitized ;;
   test)  shift; deps; build; run_tests "$@" ;;
   demo)  deps; build; exec "$PY" "$ROOT/tools/demo.py" ;;
   bench) shift; deps; build; exec "$ROOT/bench/run.sh" "$@" ;;

@@ -19,9 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("MAILAPI_BUILD", os.path.join(ROOT, "build"))
 MODULE = os.path.join(BUILD, "ngx_mail_api_module", "ngx_mail_api_module.so")
 DELIVERYD = os.path.join(BUILD, "deliveryd", "deliveryd")
-FERRETDB = os.path.join(BUILD, "ferretdb")
+FERRETDB = os.path.join(ROOT, "build", "ferretdb")  # not part of a sanitized build
 TOKEN_CLI = os.path.join(BUILD, "tools", "mailapi-token", "mailapi-token")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# MAILAPI_SANITIZE=1 with MAILAPI_BUILD pointing at an ASan+UBSan build: nginx
+# (not instrumented itself) gets the ASan runtime preloaded, and every
+# sanitizer report lands in <stack dir>/sanitizer.<pid>.
+SANITIZE = os.environ.get("MAILAPI_SANITIZE") == "1"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -131,6 +135,22 @@ class Stack:
         os.chmod(path, 0o600)
 
     # -- processes -----------------------------------------------------
+    def sanitizer_env(self, preload):
+        env = dict(os.environ)
+        if SANITIZE:
+            report = f"log_path={self.dir}/sanitizer"
+            # nginx keeps its cycle until exit by design: leaks are not findings
+            env["ASAN_OPTIONS"] = f"{report}:detect_leaks=0:abort_on_error=0"
+            env["UBSAN_OPTIONS"] = f"{report}:print_stacktrace=1"
+            if preload:
+                env["LD_PRELOAD"] = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                                                   text=True).stdout.strip()
+        return env
+
+    def sanitizer_reports(self):
+        import glob
+        return {p: open(p, errors="replace").read() for p in glob.glob(os.path.join(self.dir, "sanitizer.*"))}
+
     def spawn(self, name, argv, port=None, env=None, what=None):
         log = os.path.join(self.dir, name + ".log")
         out = open(log, "ab")
@@ -190,7 +210,7 @@ class Stack:
         with open(path, "w") as f:
             for k, v in self.deliveryd_conf(**overrides).items():
                 f.write(f"{k} {v}\n")
-        proc = self.spawn(name, [DELIVERYD, "-c", path])
+        proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
         deadline = time.time() + 30
         while '"msg":"started"' not in proc.log_tail(200):
             if not proc.alive() or time.time() > deadline:
@@ -221,7 +241,7 @@ class Stack:
     def nginx_test(self, path):
         """nginx -t on a rendered config: (ok, output)."""
         r = subprocess.run([NGINX, "-t", "-c", path, "-e", os.path.join(self.dir, "nginx-t.log")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=self.sanitizer_env(preload=True))
         return r.returncode == 0, r.stdout + r.stderr
 
     def start_nginx(self, port=None, name="nginx", **kw):
@@ -230,7 +250,8 @@ class Stack:
         ok, out = self.nginx_test(path)
         if not ok:
             raise RuntimeError(f"nginx -t failed for {path}:\n{out}")
-        proc = self.spawn(name, [NGINX, "-c", path, "-e", os.path.join(self.dir, "nginx-error.log")], port)
+        proc = self.spawn(name, [NGINX, "-c", path, "-e", os.path.join(self.dir, "nginx-error.log")], port,
+                          env=self.sanitizer_env(preload=True))
         proc.conf = path
         proc.tls = kw.get("tls", False)
         if name == "nginx":

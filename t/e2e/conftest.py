@@ -129,6 +129,19 @@ def queue_len(redis_cli):
     return xlen
 
 
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports(request):
+    """Under MAILAPI_SANITIZE=1, any ASan/UBSan report from nginx or deliveryd
+    fails the test that was running when it appeared."""
+    yield
+    if not stackmod.SANITIZE:
+        return
+    stacks = [v for v in request.node.funcargs.values() if isinstance(v, stackmod.Stack)]
+    for s in stacks:
+        reports = s.sanitizer_reports()
+        assert not reports, "\n".join(f"--- {p}\n{t[:4000]}" for p, t in reports.items())
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

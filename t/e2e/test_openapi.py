@@ -6,7 +6,7 @@ import subprocess
 
 import stack as stackmod
 
-SCHEMATHESIS = os.path.join(stackmod.BUILD, "venv", "bin", "schemathesis")
+SCHEMATHESIS = os.path.join(stackmod.ROOT, "build", "venv", "bin", "schemathesis")
 
 
 def test_api_matches_its_description(stack, api, keys):

@@ -225,3 +225,15 @@ def test_client_gone_mid_query_leaves_worker_healthy(own_stack, own_mongo, rcpt)
     assert api.http.get(api.base + "/healthz").status_code == 200
     log = open(os.path.join(own_stack.dir, "nginx-error.log")).read()
     assert "exited on signal" not in log and "[alert]" not in log, log[-2000:]
+
+
+@pytest.mark.skipif(not stackmod.SANITIZE, reason="only in the sanitizer pass")
+def test_sanitized_module_is_what_runs(stack):
+    """The sanitizer pass is only worth something if nginx's workers really run
+    the instrumented module with the ASan runtime."""
+    import subprocess
+    pids = subprocess.run(["pgrep", "-P", str(stack.nginx.popen.pid)], capture_output=True, text=True).stdout.split()
+    assert pids
+    maps = open(f"/proc/{pids[0]}/maps").read()
+    assert "libasan.so" in maps
+    assert os.path.join(stackmod.BUILD, "ngx_mail_api_module", "ngx_mail_api_module.so") in maps
