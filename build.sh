@@ -14,7 +14,7 @@ PY=/usr/bin/python3   # Debian's Python, where the python3-* packages below live
 APT_PACKAGES=(
   nginx nginx-dev redis-server
   libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
-  g++ make cmake ninja-build pkg-config googletest libgtest-dev
+  g++ make cmake ninja-build pkg-config googletest libgtest-dev clang libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
   openssl curl ca-certificates wrk
 )
@@ -137,6 +137,19 @@ build() {
   say "built: $BUILD/ngx_mail_api_module/ngx_mail_api_module.so, $BUILD/deliveryd/deliveryd, $BUILD/tools/mailapi-token/mailapi-token"
 }
 
+# libFuzzer targets for common/ (clang), run for FUZZ_SECONDS each by the tests.
+build_fuzz() {
+  local dir=$BUILD/fuzz gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    cmake -S "$ROOT/t/fuzz" -B "$dir" "${gen[@]}" -DCMAKE_CXX_COMPILER=clang++ >/dev/null \
+      || die "cmake configure of the fuzzers failed: is clang installed? run ./build.sh deps"
+  fi
+  cmake -S "$ROOT/t/fuzz" -B "$dir" -DFUZZ_SECONDS="${FUZZ_SECONDS:-20}" >/dev/null
+  say "compiling fuzzers in $dir"
+  cmake --build "$dir" >"$dir/compile.log" 2>&1 || { cat "$dir/compile.log"; die "fuzzer build failed"; }
+}
+
 # The same code with AddressSanitizer and UBSan, for the tests.
 build_sanitized() {
   cmake_build "$BUILD/asan" -DMAILAPI_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
@@ -147,6 +160,9 @@ run_tests() {
   (cd "$BUILD" && ctest --output-on-failure -j"$(nproc)") || die "unit tests failed"
   say "end-to-end tests (pytest, real nginx, redis, FerretDB and SMTP server on loopback)"
   "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider "$@" || die "end-to-end tests failed: server logs are kept under the paths printed above"
+  build_fuzz
+  say "fuzzing tokens, message validation and key files (${FUZZ_SECONDS:-20}s each, crashes land in $BUILD/fuzz)"
+  (cd "$BUILD/fuzz" && ctest -j3 --output-on-failure) || die "a fuzzer found a crash: the input is in $BUILD/fuzz/crash-*"
   if [ -z "${MAILAPI_SKIP_SANITIZE:-}" ]; then
     build_sanitized
     say "unit tests under ASan + UBSan"

@@ -29,7 +29,14 @@ static bool is_b64(char c) {
            c == '+' || c == '/';
 }
 
-bool base64_decode(std::string_view in, std::string &out) {
+static int b64_value(char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+bool base64_valid(std::string_view in) {
     if (in.size() % 4 != 0) return false;
     size_t pad = 0;
     if (!in.empty() && in.back() == '=') pad++;
@@ -37,6 +44,18 @@ bool base64_decode(std::string_view in, std::string &out) {
     for (size_t i = 0; i < in.size() - pad; i++) {
         if (!is_b64(in[i])) return false;
     }
+    // Canonical only: the bits past the last byte must be zero, so that every
+    // value has one encoding.
+    if (pad == 1 && (b64_value(in[in.size() - 2]) & 0x3)) return false;
+    if (pad == 2 && (b64_value(in[in.size() - 3]) & 0xf)) return false;
+    return true;
+}
+
+bool base64_decode(std::string_view in, std::string &out) {
+    if (!base64_valid(in)) return false;
+    size_t pad = 0;
+    if (!in.empty() && in.back() == '=') pad++;
+    if (in.size() >= 2 && in[in.size() - 2] == '=') pad++;
     std::string buf(in.size() / 4 * 3, '\0');
     int n = EVP_DecodeBlock(reinterpret_cast<unsigned char *>(buf.data()),
                             reinterpret_cast<const unsigned char *>(in.data()),

@@ -62,18 +62,57 @@ bool local_part_valid(std::string_view s) {
     return true;
 }
 
+bool ipv4_valid(std::string_view s) {
+    int parts = 0;
+    size_t start = 0;
+    while (true) {
+        size_t dot = s.find('.', start);
+        std::string_view p = s.substr(start, dot == std::string_view::npos ? dot : dot - start);
+        if (p.empty() || p.size() > 3 || p.find_first_not_of("0123456789") != std::string_view::npos ||
+            (p.size() > 1 && p[0] == '0') || std::stoi(std::string(p)) > 255) {
+            return false;
+        }
+        parts++;
+        if (dot == std::string_view::npos) break;
+        start = dot + 1;
+    }
+    return parts == 4;
+}
+
+// [192.0.2.1] or [IPv6:2001:db8::1] (RFC 5321 4.1.3; the tag is case-insensitive).
+bool address_literal_valid(std::string_view d) {
+    if (d.size() < 3 || d.back() != ']') return false;
+    std::string_view in = d.substr(1, d.size() - 2);
+    if (in.size() > 5 && (in[0] == 'I' || in[0] == 'i') && (in[1] == 'P' || in[1] == 'p') &&
+        (in[2] == 'V' || in[2] == 'v') && in[3] == '6' && in[4] == ':') {
+        std::string_view v6 = in.substr(5);
+        size_t groups = 0, start = 0;
+        bool compressed = v6.find("::") != std::string_view::npos;
+        if (v6.empty() || v6.find(":::") != std::string_view::npos ||
+            (compressed && v6.find("::") != v6.rfind("::"))) {
+            return false;
+        }
+        while (start <= v6.size()) {
+            size_t colon = v6.find(':', start);
+            std::string_view g = v6.substr(start, colon == std::string_view::npos ? colon : colon - start);
+            if (colon == std::string_view::npos && g.find('.') != std::string_view::npos) {
+                if (!ipv4_valid(g)) return false;  // IPv4-mapped tail counts as two groups
+                groups += 2;
+                break;
+            }
+            if (g.size() > 4 || g.find_first_not_of("0123456789abcdefABCDEF") != std::string_view::npos) return false;
+            if (!g.empty()) groups++;
+            if (colon == std::string_view::npos) break;
+            start = colon + 1;
+        }
+        return compressed ? groups < 8 : groups == 8;
+    }
+    return ipv4_valid(in);
+}
+
 bool domain_valid(std::string_view d) {
     if (d.empty() || d.size() > 253) return false;
-    if (d.front() == '[') {  // address literal: [192.0.2.1] or [IPv6:...]
-        if (d.back() != ']' || d.size() < 3) return false;
-        for (char c : d.substr(1, d.size() - 2)) {
-            if (!(std::isxdigit(static_cast<unsigned char>(c)) || c == '.' || c == ':' ||
-                  std::strchr("IPvV6", c))) {
-                return false;
-            }
-        }
-        return true;
-    }
+    if (d.front() == '[') return address_literal_valid(d);
     size_t labels = 0, start = 0;
     bool last_numeric = true;
     while (start <= d.size()) {
@@ -147,18 +186,6 @@ bool content_type_valid(std::string_view s) {
         unsigned char c = static_cast<unsigned char>(s[i]);
         if (i == slash) continue;
         if (!(std::isalnum(c) || std::strchr("!#$&^_.+-", c))) return false;
-    }
-    return true;
-}
-
-bool base64_valid(std::string_view b64) {
-    if (b64.size() % 4 != 0) return false;
-    size_t pad = 0;
-    if (!b64.empty() && b64.back() == '=') pad++;
-    if (b64.size() >= 2 && b64[b64.size() - 2] == '=') pad++;
-    for (size_t i = 0; i < b64.size() - pad; i++) {
-        unsigned char c = static_cast<unsigned char>(b64[i]);
-        if (!(std::isalnum(c) || c == '+' || c == '/')) return false;
     }
     return true;
 }

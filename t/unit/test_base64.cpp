@@ -32,4 +32,7 @@ TEST(Base64, RejectsJunk) {
     EXPECT_FALSE(base64url_decode("+_8", out));     // standard alphabet in url form
     EXPECT_FALSE(base64url_decode("-_9", out));     // non-canonical trailing bits
     EXPECT_FALSE(base64url_decode("A", out));
+    EXPECT_FALSE(base64_decode("ovv=", out));       // non-canonical trailing bits (found by fuzz_token)
+    EXPECT_FALSE(base64_decode("Zm9=", out));
+    EXPECT_TRUE(base64_decode("Zm8=", out));
 }

@@ -101,7 +101,8 @@ TEST(Message, SendAt) {
 TEST(Address, AcceptsRealWorld) {
     for (const char *a : {"user@example.com", "first.last+tag@sub.example.co.uk", "\"john doe\"@example.com",
                           "\"a\\\"b\"@example.com", "x@[192.0.2.1]", "用户@例子.广告", "user@xn--bcher-kva.example",
-                          "o'brien@example.ie", "a_b-c@ex-ample.com"}) {
+                          "o'brien@example.ie", "a_b-c@ex-ample.com", "x@[IPv6:2001:db8::1]",
+                          "x@[ipv6:2001:db8::1]", "x@[IPv6:::ffff:192.0.2.1]"}) {
         EXPECT_TRUE(address_valid(a)) << a;
     }
 }
@@ -110,7 +111,9 @@ TEST(Address, RejectsJunk) {
     for (const char *a : {"", "plain", "@example.com", "user@", "user@localhost", "a..b@example.com",
                           ".a@example.com", "a.@example.com", "a b@example.com", "a@exa mple.com",
                           "a@-example.com", "a@example-.com", "a@example..com", "a@1.2.3.4",
-                          "a\r\n@example.com", "a@example.com\nBcc: b@example.com", "\"unterminated@example.com"}) {
+                          "a\r\n@example.com", "a@example.com\nBcc: b@example.com", "\"unterminated@example.com",
+                          "x@[300.1.1.1]", "x@[1.2.3]", "x@[IPv6:1:2]", "x@[IPv6:1::2::3]", "x@[Iv6:1::2]",
+                          "x@[6IPv:1::]", "x@[]"}) {
         EXPECT_FALSE(address_valid(a)) << a;
     }
     EXPECT_FALSE(address_valid(std::string(65, 'a') + "@example.com"));
