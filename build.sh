@@ -16,7 +16,7 @@ APT_PACKAGES=(
   libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
   g++ make cmake ninja-build pkg-config googletest libgtest-dev clang libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
-  openssl curl ca-certificates wrk
+  openssl curl ca-certificates wrk testssl.sh
 )
 GO_MIN_MINOR=22                 # FerretDB v1.24 needs Go 1.22
 GO_TOOLCHAIN=go1.22.12          # fetched through the Go module proxy when the local go is older
