@@ -46,6 +46,24 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
         if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
     } else if (name == "claim_idle") {
         if (!set_int(v, 1, 86400, c.claim_idle)) return "claim_idle must be 1..86400 seconds";
+    } else if (name == "max_in_flight") {
+        if (!set_int(v, 1, 100000, c.max_in_flight)) return "max_in_flight must be 1..100000";
+    } else if (name == "send_timeout") {
+        if (!set_int(v, 1, 600, c.send_timeout)) return "send_timeout must be 1..600 seconds";
+    } else if (name == "retry_base") {
+        if (!set_int(v, 1, 86400, c.retry_base)) return "retry_base must be 1..86400 seconds";
+    } else if (name == "retry_max_delay") {
+        if (!set_int(v, 1, 86400, c.retry_max_delay)) return "retry_max_delay must be 1..86400 seconds";
+    } else if (name == "max_attempts") {
+        if (!set_int(v, 1, 1000, c.max_attempts)) return "max_attempts must be 1..1000";
+    } else if (name == "max_age") {
+        if (!set_int(v, 1, 30 * 86400, c.max_age)) return "max_age must be 1..2592000 seconds";
+    } else if (name == "shutdown_grace") {
+        if (!set_int(v, 0, 600, c.shutdown_grace)) return "shutdown_grace must be 0..600 seconds";
+    } else if (name == "scheduled") {
+        c.scheduled = v;
+    } else if (name == "dead_letters") {
+        c.dead_letters = v;
     } else {
         return "unknown setting \"" + name + "\"";
     }
@@ -54,7 +72,9 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
 
 const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
                              "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls",
-                             "message_id_domain", "batch", "retry_interval", "claim_idle"};
+                             "message_id_domain", "batch", "retry_interval", "claim_idle", "max_in_flight",
+                             "send_timeout", "retry_base", "retry_max_delay", "max_attempts", "max_age",
+                             "shutdown_grace", "scheduled", "dead_letters"};
 
 }  // namespace
 

@@ -18,6 +18,15 @@ struct Config {
     int batch = 64;                           // entries read at a time
     int retry_interval = 30;                  // seconds between sweeps of unfinished entries
     int claim_idle = 60;                      // seconds before another consumer's entry is taken over
+    int max_in_flight = 256;                  // messages being worked on at once
+    int send_timeout = 60;                    // seconds one send may take
+    int retry_base = 10;                      // seconds before the first retry; doubles each time
+    int retry_max_delay = 3600;               // longest wait between two attempts
+    int max_attempts = 12;                    // then the message is dead-lettered
+    int max_age = 86400;                      // seconds after acceptance, then dead-lettered
+    int shutdown_grace = 20;                  // seconds in-flight sends get on SIGTERM
+    std::string scheduled = "mailapi:scheduled";  // sorted set of retries and send_at
+    std::string dead_letters = "mailapi:dead";    // stream of messages given up on
 };
 
 // On error, `err` says which line or variable and why.

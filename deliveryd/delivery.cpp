@@ -2,6 +2,9 @@
 
 #include <sys/time.h>
 
+#include <cmath>
+#include <random>
+
 #include "log.h"
 
 namespace {
@@ -16,75 +19,181 @@ bool terminal(const std::string &status) {
     return status == "sent" || status == "failed" || status == "suppressed" || status == "cancelled";
 }
 
-}  // namespace
+struct Timer {
+    ev_timer w;
+    std::function<void()> fn;
+};
 
-Disposition Delivery::record(Record rec) {
-    std::string err;
-    if (!store_.write(rec, err)) {
-        log_error("record not written, will retry", {{"id", rec.id}, {"error", err}});
-        unrecorded_[rec.id] = std::move(rec);
-        return Disposition::retry_later;
-    }
-    unrecorded_.erase(rec.id);
-    return Disposition::done;
+void timer_cb(struct ev_loop *loop, ev_timer *w, int) {
+    auto *t = static_cast<Timer *>(w->data);
+    ev_timer_stop(loop, w);
+    std::function<void()> fn = std::move(t->fn);
+    delete t;
+    fn();
 }
 
-Disposition Delivery::handle(const QueueEntry &e) {
+}  // namespace
+
+struct Delivery::Job {
+    QueueEntry entry;
+    bool claimed = false;
+    mailapi::Message msg;
+    RecordUpdate rec;
+};
+
+Delivery::Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store,
+                   Queue *&queue, SmtpProvider &smtp)
+    : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), smtp_(smtp) {}
+
+Delivery::~Delivery() = default;
+
+void Delivery::later(double seconds, std::function<void()> fn) {
+    auto *t = new Timer{};
+    t->fn = std::move(fn);
+    ev_timer_init(&t->w, timer_cb, seconds, 0);
+    t->w.data = t;
+    ev_timer_start(loop_, &t->w);
+}
+
+void Delivery::handle(QueueEntry entry, bool claimed) {
+    if (!in_flight_.insert(entry.stream_id).second) return;  // already on it (claimed back from ourselves)
+    auto job = std::make_shared<Job>();
+    job->entry = std::move(entry);
+    job->claimed = claimed;
+    const QueueEntry &e = job->entry;
     if (!mailapi::message_id_valid(e.id) || e.tenant.empty()) {
         log_error("malformed queue entry dropped", {{"stream_id", e.stream_id}});
-        return Disposition::done;
+        finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); });
+        return;
     }
-    auto pending = unrecorded_.find(e.id);
-    if (pending != unrecorded_.end()) return record(pending->second);
-    if (e.send_at > 0 && e.send_at * 1000 > now_ms()) return Disposition::retry_later;
-
-    std::string status, err;
-    if (!store_.status(e.id, status, err)) {
-        log_error("store unavailable", {{"id", e.id}, {"error", err}});
-        return Disposition::retry_later;
+    if (e.send_at > 0 && e.send_at * 1000 > now_ms()) {
+        finish(job, [this, job](Queue::Done d) {
+            queue_->defer(job->entry, job->entry.send_at * 1000, job->entry.attempt, d);
+        });
+        return;
     }
-    if (terminal(status)) return Disposition::done;  // redelivered after a crash before the ack
+    if (!claimed) {
+        decide(job);
+        return;
+    }
+    // Taken over from a consumer that died: it may have sent and recorded it.
+    store_.status(e.id, [this, job](bool ok, const std::string &status) {
+        if (!ok) {
+            later(1, [this, job] {
+                in_flight_.erase(job->entry.stream_id);
+                handle(job->entry, true);
+            });
+            return;
+        }
+        if (terminal(status)) {
+            finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); });
+            return;
+        }
+        decide(job);
+    });
+}
 
-    Record rec;
+void Delivery::decide(std::shared_ptr<Job> job) {
+    const QueueEntry &e = job->entry;
+    RecordUpdate &rec = job->rec;
     rec.id = e.id;
     rec.tenant = e.tenant;
     rec.envelope = e.envelope;
     rec.created_ms = e.created_ms;
-    rec.events.push_back({"queued", e.created_ms, "", 0, ""});
-
+    if (e.attempt == 0) rec.events.push_back({"queued", e.created_ms, "", 0, ""});
     std::string plain;
-    mailapi::Message msg;
     mailapi::FieldError ferr;
     if (!mailapi::envelope_open(keyring_, mailapi::envelope_aad(e.tenant, e.id), e.envelope, plain) ||
-        !mailapi::message_parse(plain, mailapi::MessageLimits::stored(), 0, msg, ferr)) {
+        !mailapi::message_parse(plain, mailapi::MessageLimits::stored(), 0, job->msg, ferr)) {
         log_error("envelope cannot be opened", {{"id", e.id}, {"tenant", e.tenant}});
-        rec.status = "failed";
-        rec.events.push_back({"failed", now_ms(), "", 0, "envelope cannot be decrypted"});
-        return record(std::move(rec));
+        give_up(job, "envelope cannot be decrypted", 0);
+        return;
     }
-    for (const std::string &addr : mailapi::message_recipients(msg)) {
+    for (const std::string &addr : mailapi::message_recipients(job->msg)) {
         rec.rcpt.push_back(mailapi::blind_index(keyring_, addr));
     }
+    if (now_ms() - e.created_ms > static_cast<int64_t>(cfg_.max_age) * 1000) {
+        give_up(job, "expired before it could be sent", 0);
+        return;
+    }
+    send(job);
+}
 
+void Delivery::send(std::shared_ptr<Job> job) {
     int64_t started = now_ms();
-    SendOutcome out = smtp_.send(e.id, msg);
-    std::string ms = std::to_string(now_ms() - started), code = std::to_string(out.code);
+    smtp_.send(job->entry.id, job->msg, [this, job, started](SendOutcome out) {
+        log_info(out.result == SendResult::sent ? "sent" : "send failed",
+                 {{"id", job->entry.id}, {"tenant", job->entry.tenant}, {"provider", "smtp"},
+                  {"code", std::to_string(out.code)}, {"ms", std::to_string(now_ms() - started)},
+                  {"attempt", std::to_string(job->entry.attempt + 1)}, {"reason", out.reason}});
+        outcome(job, out);
+    });
+}
+
+void Delivery::outcome(std::shared_ptr<Job> job, const SendOutcome &out) {
+    const QueueEntry &e = job->entry;
+    RecordUpdate &rec = job->rec;
     switch (out.result) {
     case SendResult::sent:
-        log_info("sent", {{"id", e.id}, {"tenant", e.tenant}, {"provider", "smtp"}, {"code", code}, {"ms", ms}});
         rec.status = "sent";
         rec.events.push_back({"sent", now_ms(), "smtp", out.code, ""});
-        return record(std::move(rec));
+        record(job, [this, job] { finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); }); });
+        return;
     case SendResult::permanent:
-        log_warn("rejected", {{"id", e.id}, {"tenant", e.tenant}, {"provider", "smtp"}, {"code", code},
-                              {"reason", out.reason}});
         rec.status = "failed";
         rec.events.push_back({"failed", now_ms(), "smtp", out.code, out.reason});
-        return record(std::move(rec));
+        record(job, [this, job] { finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); }); });
+        return;
     case SendResult::transient:
         break;
     }
-    log_warn("send failed, will retry", {{"id", e.id}, {"tenant", e.tenant}, {"provider", "smtp"},
-                                         {"code", code}, {"reason", out.reason}});
-    return Disposition::retry_later;
+    int attempts = e.attempt + 1;
+    if (attempts >= cfg_.max_attempts) {
+        give_up(job, "gave up after " + std::to_string(attempts) + " attempts: " + out.reason, out.code);
+        return;
+    }
+    // Exponential backoff with equal jitter: half fixed, half random.
+    static std::mt19937_64 rng{std::random_device{}()};
+    double delay = std::min<double>(cfg_.retry_max_delay, cfg_.retry_base * std::pow(2.0, attempts - 1));
+    delay = delay / 2 + std::uniform_real_distribution<double>(0, delay / 2)(rng);
+    int64_t due = now_ms() + static_cast<int64_t>(delay * 1000);
+    if (due - e.created_ms > static_cast<int64_t>(cfg_.max_age) * 1000) {
+        give_up(job, "gave up: the next attempt would be past max_age: " + out.reason, out.code);
+        return;
+    }
+    rec.status = "queued";
+    rec.events.push_back({"deferred", now_ms(), "smtp", out.code, out.reason});
+    record(job, [this, job, due, attempts] {
+        finish(job, [this, job, due, attempts](Queue::Done d) { queue_->defer(job->entry, due, attempts, d); });
+    });
+}
+
+void Delivery::give_up(std::shared_ptr<Job> job, const std::string &reason, int code) {
+    job->rec.status = "failed";
+    job->rec.events.push_back({"failed", now_ms(), "", code, reason});
+    record(job, [this, job, reason] {
+        finish(job, [this, job, reason](Queue::Done d) { queue_->dead_letter(job->entry, reason, d); });
+    });
+}
+
+void Delivery::record(std::shared_ptr<Job> job, std::function<void()> next) {
+    store_.write(job->rec, [this, job, next](bool ok, const std::string &err) {
+        if (ok) {
+            next();
+            return;
+        }
+        log_error("record not written, retrying", {{"id", job->entry.id}, {"error", err}});
+        later(1, [this, job, next] { record(job, next); });
+    });
+}
+
+void Delivery::finish(std::shared_ptr<Job> job, std::function<void(Queue::Done)> step) {
+    step([this, job, step](bool ok) {
+        if (!ok) {
+            later(0.5, [this, job, step] { finish(job, step); });
+            return;
+        }
+        in_flight_.erase(job->entry.stream_id);
+        if (on_idle) on_idle();
+    });
 }

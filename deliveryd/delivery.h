@@ -1,31 +1,46 @@
-// One queue entry from envelope to outcome: decrypt, send, record.
+// Each queue entry from envelope to a recorded outcome: decrypt, send, record,
+// then ack, defer (retry with backoff, or a future send_at) or dead-letter.
+// The record is always written before the entry leaves the queue.
 #pragma once
+#include <ev.h>
+
+#include <functional>
+#include <memory>
 #include <string>
-#include <unordered_map>
+#include <unordered_set>
 
 #include "crypto.h"
 #include "queue.h"
 #include "smtp.h"
 #include "store.h"
 
-enum class Disposition {
-    done,         // outcome recorded: ack the entry
-    retry_later,  // leave it pending; a later sweep reads it again
-};
-
 class Delivery {
 public:
-    Delivery(const mailapi::Keyring &keyring, Store &store, SmtpProvider &smtp)
-        : keyring_(keyring), store_(store), smtp_(smtp) {}
+    Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store, Queue *&queue,
+             SmtpProvider &smtp);
+    ~Delivery();
 
-    Disposition handle(const QueueEntry &entry);
+    void handle(QueueEntry entry, bool claimed);
+    int in_flight() const { return static_cast<int>(in_flight_.size()); }
+    std::function<void()> on_idle;  // a message finished: there is room again
 
 private:
-    Disposition record(Record rec);
+    struct Job;
+    void decide(std::shared_ptr<Job> job);
+    void send(std::shared_ptr<Job> job);
+    void outcome(std::shared_ptr<Job> job, const SendOutcome &out);
+    void give_up(std::shared_ptr<Job> job, const std::string &reason, int code);
+    // Writes the record, retrying while the store is down, then runs `next`.
+    void record(std::shared_ptr<Job> job, std::function<void()> next);
+    // Runs a queue step (ack, defer, dead letter), retrying while Redis is down.
+    void finish(std::shared_ptr<Job> job, std::function<void(Queue::Done)> step);
+    void later(double seconds, std::function<void()> fn);
 
+    struct ev_loop *loop_;
+    const Config &cfg_;
     const mailapi::Keyring &keyring_;
     Store &store_;
+    Queue *&queue_;
     SmtpProvider &smtp_;
-    // Sent but not yet recorded (MongoDB was down): record again, never resend.
-    std::unordered_map<std::string, Record> unrecorded_;
+    std::unordered_set<std::string> in_flight_;  // stream ids being worked on
 };

@@ -1,17 +1,21 @@
 // deliveryd: drains the queue that ngx_mail_api_module fills, sends each
-// message and records its outcome in MongoDB before acknowledging it.
+// message and records its outcome in MongoDB before acknowledging it. One
+// libev loop; sends in flight on libcurl multi; MongoDB in a writer thread.
 #include <curl/curl.h>
+#include <ev.h>
+#include <hiredis/hiredis.h>
 #include <mongoc/mongoc.h>
+#include <sys/time.h>
 
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
+#include <memory>
 #include <string>
-#include <unistd.h>
 
 #include "config.h"
 #include "crypto.h"
+#include "curl_multi.h"
 #include "delivery.h"
 #include "log.h"
 #include "notify.h"
@@ -21,59 +25,157 @@
 
 namespace {
 
-volatile sig_atomic_t g_stop = 0;
-
-void on_signal(int) { g_stop = 1; }
-
 int usage(int rc) {
     std::fprintf(rc ? stderr : stdout,
-                 "usage: deliveryd [-c FILE] [--check-config]\n"
-                 "  -c, --config FILE   settings, one \"name value\" a line (see conf/deliveryd.conf)\n"
-                 "  --check-config      load settings and the keyring, report, exit\n"
+                 "usage: deliveryd [-c FILE] [--check-config | --replay-dead [COUNT]]\n"
+                 "  -c, --config FILE      settings, one \"name value\" a line (see conf/deliveryd.conf)\n"
+                 "  --check-config         load settings and the keyring, report, exit\n"
+                 "  --replay-dead [COUNT]  put up to COUNT (default all) dead letters back on the queue\n"
                  "Every setting can be overridden by DELIVERYD_<NAME> in the environment.\n");
     return rc;
 }
 
-// Sleeps up to `seconds`, waking early on a stop signal.
-void pause_for(int seconds) {
-    for (int i = 0; i < seconds * 10 && !g_stop; i++) usleep(100000);
+// Dead letters back onto the stream, oldest first, with a fresh attempt count
+// and age (the record keeps its original creation time).
+const char REPLAY_LUA[] = R"lua(
+local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', tonumber(ARGV[1]))
+for _, e in ipairs(entries) do
+  local f, out = e[2], {}
+  for i = 1, #f, 2 do
+    local k, v = f[i], f[i + 1]
+    if k == 'attempt' then v = '0' elseif k == 'created' then v = ARGV[2] end
+    if k ~= 'error' then out[#out + 1] = k; out[#out + 1] = v end
+  end
+  redis.call('XADD', KEYS[1], '*', unpack(out))
+  redis.call('XDEL', KEYS[2], e[1])
+end
+return #entries
+)lua";
+
+int replay_dead(const Config &cfg, long count) {
+    std::string host = cfg.redis;
+    int port = 6379;
+    size_t colon = host.rfind(':');
+    redisContext *c;
+    if (host.rfind("unix:", 0) == 0) {
+        c = redisConnectUnix(host.c_str() + 5);
+    } else {
+        if (colon != std::string::npos) {
+            port = std::atoi(host.c_str() + colon + 1);
+            host.resize(colon);
+        }
+        c = redisConnect(host.c_str(), port);
+    }
+    if (c == nullptr || c->err) {
+        std::fprintf(stderr, "deliveryd: cannot connect to redis %s: %s\n", cfg.redis.c_str(), c ? c->errstr : "");
+        if (c) redisFree(c);
+        return 1;
+    }
+    struct timeval tv;
+    gettimeofday(&tv, nullptr);
+    std::string now = std::to_string(static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000);
+    auto *r = static_cast<redisReply *>(redisCommand(c, "EVAL %s 2 %s %s %ld %s", REPLAY_LUA, cfg.stream.c_str(),
+                                                     cfg.dead_letters.c_str(), count, now.c_str()));
+    int rc = 0;
+    if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
+        std::fprintf(stderr, "deliveryd: replay failed: %s\n", r && r->str ? r->str : c->errstr);
+        rc = 1;
+    } else {
+        std::printf("deliveryd: %lld dead letters put back on %s\n", r->integer, cfg.stream.c_str());
+    }
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return rc;
 }
 
-// Processes entries; acks the finished ones. Returns false if Redis went away.
-bool process(Queue &queue, Delivery &delivery, const std::vector<QueueEntry> &entries) {
-    for (const QueueEntry &e : entries) {
-        if (delivery.handle(e) == Disposition::done && !queue.ack(e.stream_id)) return false;
-    }
-    return true;
-}
+struct Daemon {
+    struct ev_loop *loop;
+    Config &cfg;
+    mailapi::Keyring &keyring;
+    std::string config_path;
+    CurlMulti multi{loop};
+    Store store{loop, cfg};
+    SmtpProvider smtp{cfg, multi};
+    Queue *queue = nullptr;
+    Delivery delivery{loop, cfg, keyring, store, queue, smtp};
+    std::unique_ptr<Queue> queue_owner;
+    ev_signal sigterm, sigint, sighup;
+    ev_timer drain;
+    ev_tstamp stopping_since = 0;
 
-// Unfinished work: entries of consumers that died, then this one's own
-// entries left for later (retries, future send_at).
-bool sweep(Queue &queue, Delivery &delivery, const Config &cfg) {
-    std::vector<QueueEntry> entries;
-    if (!queue.claim_idle(static_cast<int64_t>(cfg.claim_idle) * 1000, cfg.batch, entries)) return false;
-    if (!process(queue, delivery, entries)) return false;
-    std::string after = "0";
-    for (;;) {
-        entries.clear();
-        if (!queue.read_pending(after, cfg.batch, entries)) return false;
-        if (entries.empty() || g_stop) return true;
-        if (!process(queue, delivery, entries)) return false;
-        after = entries.back().stream_id;
+    Daemon(struct ev_loop *l, Config &c, mailapi::Keyring &k, std::string path)
+        : loop(l), cfg(c), keyring(k), config_path(std::move(path)) {
+        queue_owner = std::make_unique<Queue>(
+            loop, cfg,
+            [this](std::vector<QueueEntry> &&entries, bool claimed) {
+                for (QueueEntry &e : entries) delivery.handle(std::move(e), claimed);
+            },
+            [this] { return cfg.max_in_flight - delivery.in_flight(); });
+        queue = queue_owner.get();
+        delivery.on_idle = [this] { queue->read_more(); };
+        ev_signal_init(&sigterm, on_stop, SIGTERM);
+        ev_signal_init(&sigint, on_stop, SIGINT);
+        ev_signal_init(&sighup, on_reload, SIGHUP);
+        for (ev_signal *s : {&sigterm, &sigint, &sighup}) {
+            s->data = this;
+            ev_signal_start(loop, s);
+        }
+        ev_timer_init(&drain, on_drain, 0.05, 0.05);
+        drain.data = this;
     }
-}
+
+    static void on_stop(struct ev_loop *loop, ev_signal *w, int) {
+        auto *d = static_cast<Daemon *>(w->data);
+        if (d->stopping_since) return;
+        log_info("stopping: finishing what is in flight", {{"in_flight", std::to_string(d->delivery.in_flight())},
+                                                            {"grace_s", std::to_string(d->cfg.shutdown_grace)}});
+        notify_systemd("STOPPING=1");
+        d->stopping_since = ev_now(loop);
+        d->queue->stop_reading();
+        ev_timer_start(loop, &d->drain);
+    }
+
+    static void on_drain(struct ev_loop *loop, ev_timer *w, int) {
+        auto *d = static_cast<Daemon *>(w->data);
+        bool timed_out = ev_now(loop) - d->stopping_since > d->cfg.shutdown_grace;
+        if (d->delivery.in_flight() == 0 || timed_out) {
+            if (timed_out) {
+                log_warn("grace period over; unfinished messages stay queued for the next consumer",
+                         {{"in_flight", std::to_string(d->delivery.in_flight())}});
+            }
+            ev_break(loop, EVBREAK_ALL);
+        }
+    }
+
+    static void on_reload(struct ev_loop *, ev_signal *w, int) {
+        auto *d = static_cast<Daemon *>(w->data);
+        mailapi::Keyring ring;
+        std::string err;
+        if (!mailapi::keyring_load(d->cfg.keyring, ring, err)) {
+            log_error("reload failed, keeping the old keyring", {{"error", err}});
+            return;
+        }
+        d->keyring = std::move(ring);
+        log_info("reloaded", {{"data_keys", std::to_string(d->keyring.data_keys.size())}});
+    }
+};
 
 }  // namespace
 
 int main(int argc, char **argv) {
     std::string config_path;
-    bool check = false;
+    bool check = false, replay = false;
+    long replay_count = 1000000;
     for (int i = 1; i < argc; i++) {
         if (!std::strcmp(argv[i], "-c") || !std::strcmp(argv[i], "--config")) {
             if (++i >= argc) return usage(2);
             config_path = argv[i];
         } else if (!std::strcmp(argv[i], "--check-config")) {
             check = true;
+        } else if (!std::strcmp(argv[i], "--replay-dead")) {
+            replay = true;
+            if (i + 1 < argc && argv[i + 1][0] != '-') replay_count = std::strtol(argv[++i], nullptr, 10);
+            if (replay_count <= 0) return usage(2);
         } else if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
             return usage(0);
         } else {
@@ -91,49 +193,22 @@ int main(int argc, char **argv) {
         std::printf("deliveryd: configuration ok (keyring: %zu data keys)\n", keyring.data_keys.size());
         return 0;
     }
+    if (replay) return replay_dead(cfg, replay_count);
 
-    struct sigaction sa = {};
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, nullptr);
-    sigaction(SIGINT, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     mongoc_init();
-    int rc = 0;
+    struct ev_loop *loop = ev_default_loop(0);
     {
-        Queue queue(cfg);
-        Store store(cfg);
-        SmtpProvider smtp(cfg);
-        Delivery delivery(keyring, store, smtp);
-
-        while (!g_stop && !store.connect(err)) {
-            log_error("mongodb not ready, retrying", {{"error", err}});
-            pause_for(1);
-        }
-        log_info("started", {{"consumer", cfg.consumer}, {"stream", cfg.stream}});
+        Daemon daemon(loop, cfg, keyring, config_path);
+        daemon.queue->start();
+        log_info("started", {{"consumer", cfg.consumer}, {"stream", cfg.stream},
+                             {"max_in_flight", std::to_string(cfg.max_in_flight)}});
         notify_systemd("READY=1");
-        time_t last_sweep = 0;
-        std::vector<QueueEntry> entries;
-        while (!g_stop) {
-            if (!queue.connected()) {
-                if (!queue.connect(err)) {
-                    log_error("redis not ready, retrying", {{"error", err}});
-                    pause_for(1);
-                    continue;
-                }
-                last_sweep = 0;  // take up what was left unfinished
-            }
-            if (time(nullptr) - last_sweep >= cfg.retry_interval) {
-                if (!sweep(queue, delivery, cfg)) continue;
-                last_sweep = time(nullptr);
-            }
-            entries.clear();
-            if (queue.read_new(cfg.batch, 1000, entries)) process(queue, delivery, entries);
-        }
-        notify_systemd("STOPPING=1");
+        ev_run(loop, 0);
         log_info("stopped", {{"consumer", cfg.consumer}});
     }
     mongoc_cleanup();
     curl_global_cleanup();
-    return rc;
+    return 0;
 }

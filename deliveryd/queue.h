@@ -1,14 +1,17 @@
-// The Redis stream that nginx fills: read through a consumer group, acked only
-// after the outcome is recorded, so a crash leaves entries to be read again.
+// The Redis stream that nginx fills, read through a consumer group. An entry
+// is acknowledged only once its outcome is recorded: then acked, deferred
+// (acked and parked in the sorted set until it is due) or dead-lettered, each
+// atomically by a script.
 #pragma once
-#include <hiredis/hiredis.h>
+#include <ev.h>
 
 #include <cstdint>
-#include <memory>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "config.h"
+#include "redis_async.h"
 
 struct QueueEntry {
     std::string stream_id;
@@ -17,36 +20,39 @@ struct QueueEntry {
     std::string envelope;  // encrypted message
     int64_t created_ms = 0;
     int64_t send_at = 0;   // unix seconds, 0 = now
-    int attempt = 0;
+    int attempt = 0;       // sends tried before this one
 };
 
 class Queue {
 public:
-    explicit Queue(const Config &cfg) : cfg_(cfg) {}
+    // claimed: the entry was taken over from a consumer that went quiet (or
+    // is this one's own from before a restart): it may have been sent already.
+    using Handler = std::function<void(std::vector<QueueEntry> &&entries, bool claimed)>;
+    using Done = std::function<void(bool ok)>;
 
-    bool connect(std::string &err);  // also creates the consumer group
-    bool connected() const { return ctx_ != nullptr; }
+    Queue(struct ev_loop *loop, const Config &cfg, Handler handler, std::function<int()> capacity);
+    ~Queue();
 
-    // New entries, waiting up to block_ms for the first.
-    bool read_new(int count, int block_ms, std::vector<QueueEntry> &out);
-    // This consumer's unacknowledged entries after stream id `after`.
-    bool read_pending(const std::string &after, int count, std::vector<QueueEntry> &out);
-    // Entries another consumer read but did not ack for min_idle_ms: it died.
-    bool claim_idle(int64_t min_idle_ms, int count, std::vector<QueueEntry> &out);
-    bool ack(const std::string &stream_id);
+    void start();
+    void stop_reading();
+    void read_more();  // call when capacity frees up
+
+    void ack(const QueueEntry &e, Done done);
+    void defer(const QueueEntry &e, int64_t due_ms, int attempt, Done done);
+    void dead_letter(const QueueEntry &e, const std::string &error, Done done);
 
 private:
-    struct ReplyFree {
-        void operator()(redisReply *r) const { freeReplyObject(r); }
-    };
-    struct ContextFree {
-        void operator()(redisContext *c) const { redisFree(c); }
-    };
-    using Reply = std::unique_ptr<redisReply, ReplyFree>;
+    static void mover_cb(struct ev_loop *, ev_timer *w, int);
+    static void sweep_cb(struct ev_loop *, ev_timer *w, int);
+    void ensure_group();
 
-    Reply command(const std::vector<std::string> &args);
-    static void parse_entries(const redisReply *list, std::vector<QueueEntry> &out);
-
+    struct ev_loop *loop_;
     const Config &cfg_;
-    std::unique_ptr<redisContext, ContextFree> ctx_;
+    Handler handler_;
+    std::function<int()> capacity_;
+    RedisAsync reader_, cmd_;
+    ev_timer mover_, sweep_;
+    bool reading_ = false, stopping_ = false, group_ready_ = false;
 };
+
+std::vector<QueueEntry> parse_entries(const redisReply *list);

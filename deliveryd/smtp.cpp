@@ -2,6 +2,7 @@
 
 #include <ctime>
 #include <memory>
+#include <new>
 
 #include "base64.h"
 #include "mime.h"
@@ -41,77 +42,22 @@ void add_body_part(curl_mime *mime, const std::string &body, const char *type) {
     curl_mime_encoder(part, "quoted-printable");
 }
 
-}  // namespace
-
-SmtpProvider::SmtpProvider(const Config &cfg) : cfg_(cfg), curl_(curl_easy_init()) {}
-
-SmtpProvider::~SmtpProvider() {
-    if (curl_) curl_easy_cleanup(curl_);
-}
-
-SendOutcome SmtpProvider::send(const std::string &message_id, const mailapi::Message &msg) {
-    SendOutcome out;
-    if (curl_ == nullptr) {
-        out.reason = "no curl handle";
-        return out;
-    }
+// One transfer: the easy handle and everything it points into.
+struct SmtpSend {
+    CURL *easy = curl_easy_init();
     Slist rcpt, headers, inline_disposition;
-    for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
-        for (const mailapi::Address &a : *list) append(rcpt, "<" + a.email + ">");
+    Mime mime;
+    std::string from;
+    ~SmtpSend() {
+        mime.reset();
+        if (easy) curl_easy_cleanup(easy);
     }
-    append(headers, "Date: " + mailapi::rfc5322_date(std::time(nullptr)));
-    append(headers, "Message-ID: <" + message_id + "@" + cfg_.message_id_domain + ">");
-    append(headers, "From: " + mailapi::mime_address(msg.from));
-    append(headers, "To: " + address_list(msg.to));
-    if (!msg.cc.empty()) append(headers, "Cc: " + address_list(msg.cc));
-    if (msg.has_reply_to) append(headers, "Reply-To: " + mailapi::mime_address(msg.reply_to));
-    append(headers, "Subject: " + mailapi::mime_header_text(msg.subject));
-    for (const auto &h : msg.headers) append(headers, h.first + ": " + mailapi::mime_header_text(h.second));
+};
 
-    Mime mime(curl_mime_init(curl_));
-    if (!msg.text.empty() && !msg.html.empty()) {
-        curl_mime *alt = curl_mime_init(curl_);
-        add_body_part(alt, msg.text, "text/plain; charset=utf-8");
-        add_body_part(alt, msg.html, "text/html; charset=utf-8");
-        curl_mimepart *part = curl_mime_addpart(mime.get());
-        curl_mime_subparts(part, alt);  // owned by part from here on
-        curl_mime_type(part, "multipart/alternative");
-        append(inline_disposition, "Content-Disposition: inline");
-        curl_mime_headers(part, inline_disposition.release(), 1);
-    } else if (!msg.text.empty()) {
-        add_body_part(mime.get(), msg.text, "text/plain; charset=utf-8");
-    } else {
-        add_body_part(mime.get(), msg.html, "text/html; charset=utf-8");
-    }
-    for (const mailapi::Attachment &a : msg.attachments) {
-        std::string data;
-        mailapi::base64_decode(a.content_base64, data);  // validated on accept
-        curl_mimepart *part = curl_mime_addpart(mime.get());
-        curl_mime_data(part, data.data(), data.size());
-        curl_mime_filename(part, a.filename.c_str());
-        curl_mime_type(part, a.content_type.c_str());
-        curl_mime_encoder(part, "base64");
-    }
-
-    CURL *c = curl_;
-    curl_easy_reset(c);  // keeps the connection cache
-    curl_easy_setopt(c, CURLOPT_URL, cfg_.smtp_url.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_FROM, ("<" + msg.from.email + ">").c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt.get());
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(c, CURLOPT_MIMEPOST, mime.get());
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 120000L);
-    if (!cfg_.smtp_username.empty()) {
-        curl_easy_setopt(c, CURLOPT_USERNAME, cfg_.smtp_username.c_str());
-        curl_easy_setopt(c, CURLOPT_PASSWORD, cfg_.smtp_password.c_str());
-    }
-    if (cfg_.smtp_starttls) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
-
-    CURLcode rc = curl_easy_perform(c);
+SendOutcome classify(CURLcode rc, CURL *easy) {
+    SendOutcome out;
     long code = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
     out.code = static_cast<int>(code);
     if (rc == CURLE_OK) {
         out.result = SendResult::sent;
@@ -123,4 +69,79 @@ SendOutcome SmtpProvider::send(const std::string &message_id, const mailapi::Mes
         out.reason = curl_easy_strerror(rc);
     }
     return out;
+}
+
+}  // namespace
+
+void SmtpProvider::send(const std::string &message_id, const mailapi::Message &msg,
+                        std::function<void(SendOutcome)> done) {
+    auto job = std::make_shared<SmtpSend>();
+    if (job->easy == nullptr) {
+        done({SendResult::transient, 0, "no curl handle"});
+        return;
+    }
+    for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
+        for (const mailapi::Address &a : *list) append(job->rcpt, "<" + a.email + ">");
+    }
+    Slist &headers = job->headers;
+    append(headers, "Date: " + mailapi::rfc5322_date(std::time(nullptr)));
+    append(headers, "Message-ID: <" + message_id + "@" + cfg_.message_id_domain + ">");
+    append(headers, "From: " + mailapi::mime_address(msg.from));
+    append(headers, "To: " + address_list(msg.to));
+    if (!msg.cc.empty()) append(headers, "Cc: " + address_list(msg.cc));
+    if (msg.has_reply_to) append(headers, "Reply-To: " + mailapi::mime_address(msg.reply_to));
+    append(headers, "Subject: " + mailapi::mime_header_text(msg.subject));
+    for (const auto &h : msg.headers) append(headers, h.first + ": " + mailapi::mime_header_text(h.second));
+
+    CURL *c = job->easy;
+    job->mime.reset(curl_mime_init(c));
+    curl_mime *mime = job->mime.get();
+    if (!msg.text.empty() && !msg.html.empty()) {
+        curl_mime *alt = curl_mime_init(c);
+        add_body_part(alt, msg.text, "text/plain; charset=utf-8");
+        add_body_part(alt, msg.html, "text/html; charset=utf-8");
+        curl_mimepart *part = curl_mime_addpart(mime);
+        curl_mime_subparts(part, alt);  // owned by part from here on
+        curl_mime_type(part, "multipart/alternative");
+        append(job->inline_disposition, "Content-Disposition: inline");
+        curl_mime_headers(part, job->inline_disposition.release(), 1);
+    } else if (!msg.text.empty()) {
+        add_body_part(mime, msg.text, "text/plain; charset=utf-8");
+    } else {
+        add_body_part(mime, msg.html, "text/html; charset=utf-8");
+    }
+    for (const mailapi::Attachment &a : msg.attachments) {
+        std::string data;
+        mailapi::base64_decode(a.content_base64, data);  // validated on accept
+        curl_mimepart *part = curl_mime_addpart(mime);
+        curl_mime_data(part, data.data(), data.size());
+        curl_mime_filename(part, a.filename.c_str());
+        curl_mime_type(part, a.content_type.c_str());
+        curl_mime_encoder(part, "base64");
+    }
+
+    job->from = "<" + msg.from.email + ">";
+    curl_easy_setopt(c, CURLOPT_URL, cfg_.smtp_url.c_str());
+    curl_easy_setopt(c, CURLOPT_MAIL_FROM, job->from.c_str());
+    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, job->rcpt.get());
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, job->headers.get());
+    curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.send_timeout * 1000));
+    if (!cfg_.smtp_username.empty()) {
+        curl_easy_setopt(c, CURLOPT_USERNAME, cfg_.smtp_username.c_str());
+        curl_easy_setopt(c, CURLOPT_PASSWORD, cfg_.smtp_password.c_str());
+    }
+    if (cfg_.smtp_starttls) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
+
+    in_flight_++;
+    bool added = multi_.add(c, [this, job, done](CURLcode rc) {
+        in_flight_--;
+        done(classify(rc, job->easy));
+    });
+    if (!added) {
+        in_flight_--;
+        done({SendResult::transient, 0, "cannot start transfer"});
+    }
 }

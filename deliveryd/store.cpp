@@ -1,6 +1,12 @@
 #include "store.h"
 
+#include <chrono>
+
+#include "log.h"
+
 namespace {
+
+constexpr size_t BATCH_MAX = 256;
 
 // bson_t is over-aligned, which std::unique_ptr's template argument would drop.
 class Bson {
@@ -15,16 +21,99 @@ private:
     bson_t b_;
 };
 
+void append_update(bson_t *update, const RecordUpdate &rec) {
+    bson_t on_insert, set, push, events, each, ev, arr;
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$setOnInsert", &on_insert);
+    BSON_APPEND_UTF8(&on_insert, "tenant", rec.tenant.c_str());
+    BSON_APPEND_DATE_TIME(&on_insert, "created_at", rec.created_ms);
+    BSON_APPEND_UTF8(&on_insert, "envelope", rec.envelope.c_str());
+    BSON_APPEND_ARRAY_BEGIN(&on_insert, "rcpt", &arr);
+    for (size_t i = 0; i < rec.rcpt.size(); i++) {
+        bson_append_utf8(&arr, std::to_string(i).c_str(), -1, rec.rcpt[i].c_str(), -1);
+    }
+    bson_append_array_end(&on_insert, &arr);
+    bson_append_document_end(update, &on_insert);
+
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+    BSON_APPEND_UTF8(&set, "status", rec.status.c_str());
+    BSON_APPEND_DATE_TIME(&set, "updated_at", rec.events.empty() ? rec.created_ms : rec.events.back().at_ms);
+    bson_append_document_end(update, &set);
+
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$push", &push);
+    BSON_APPEND_DOCUMENT_BEGIN(&push, "events", &events);
+    BSON_APPEND_ARRAY_BEGIN(&events, "$each", &each);
+    for (size_t i = 0; i < rec.events.size(); i++) {
+        const RecordEvent &e = rec.events[i];
+        bson_append_document_begin(&each, std::to_string(i).c_str(), -1, &ev);
+        BSON_APPEND_UTF8(&ev, "type", e.type.c_str());
+        BSON_APPEND_DATE_TIME(&ev, "at", e.at_ms);
+        if (!e.provider.empty()) BSON_APPEND_UTF8(&ev, "provider", e.provider.c_str());
+        if (e.code) BSON_APPEND_INT32(&ev, "code", e.code);
+        if (!e.reason.empty()) BSON_APPEND_UTF8(&ev, "reason", e.reason.c_str());
+        bson_append_document_end(&each, &ev);
+    }
+    bson_append_array_end(&events, &each);
+    bson_append_document_end(&push, &events);
+    bson_append_document_end(update, &push);
+}
+
 }  // namespace
 
+Store::Store(struct ev_loop *loop, const Config &cfg) : loop_(loop), uri_(cfg.mongodb) {
+    ev_async_init(&async_, async_cb);
+    async_.data = this;
+    ev_async_start(loop_, &async_);
+    thread_ = std::thread([this] { run(); });
+}
+
 Store::~Store() {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+    ev_async_stop(loop_, &async_);
     if (coll_) mongoc_collection_destroy(coll_);
     if (client_) mongoc_client_destroy(client_);
 }
 
+void Store::write(RecordUpdate rec, WriteDone done) {
+    auto op = std::make_unique<Op>();
+    op->rec = std::move(rec);
+    op->write_done = std::move(done);
+    std::lock_guard<std::mutex> lock(mu_);
+    todo_.push_back(std::move(op));
+    cv_.notify_one();
+}
+
+void Store::status(const std::string &id, StatusDone done) {
+    auto op = std::make_unique<Op>();
+    op->is_write = false;
+    op->rec.id = id;
+    op->status_done = std::move(done);
+    std::lock_guard<std::mutex> lock(mu_);
+    todo_.push_back(std::move(op));
+    cv_.notify_one();
+}
+
+void Store::async_cb(struct ev_loop *, ev_async *w, int) {
+    auto *self = static_cast<Store *>(w->data);
+    std::deque<std::unique_ptr<Op>> done;
+    {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        done.swap(self->done_);
+    }
+    for (auto &op : done) {
+        if (op->is_write) op->write_done(op->ok, op->result);
+        else op->status_done(op->ok, op->result);
+    }
+}
+
 bool Store::connect(std::string &err) {
+    if (coll_) return true;
     bson_error_t e;
-    mongoc_uri_t *uri = mongoc_uri_new_with_error(cfg_.mongodb.c_str(), &e);
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_.c_str(), &e);
     if (uri == nullptr) {
         err = std::string("bad mongodb uri: ") + e.message;
         return false;
@@ -37,16 +126,15 @@ bool Store::connect(std::string &err) {
     }
     const char *db = mongoc_uri_get_database(uri);
     std::string database = db ? db : "mailapi";
-    client_ = mongoc_client_new_from_uri(uri);
+    mongoc_client_t *client = mongoc_client_new_from_uri(uri);
     mongoc_uri_destroy(uri);
-    if (client_ == nullptr) {
+    if (client == nullptr) {
         err = "cannot create a MongoDB client";
         return false;
     }
-    mongoc_client_set_error_api(client_, MONGOC_ERROR_API_VERSION_2);
-    mongoc_client_set_appname(client_, "deliveryd");
-    coll_ = mongoc_client_get_collection(client_, database.c_str(), "messages");
-
+    mongoc_client_set_error_api(client, MONGOC_ERROR_API_VERSION_2);
+    mongoc_client_set_appname(client, "deliveryd");
+    mongoc_collection_t *coll = mongoc_client_get_collection(client, database.c_str(), "messages");
     // Recover queries: a tenant's messages to one recipient, newest first.
     Bson cmd, reply;
     bson_t indexes, index, key;
@@ -61,63 +149,113 @@ bool Store::connect(std::string &err) {
     BSON_APPEND_UTF8(&index, "name", "tenant_rcpt_created");
     bson_append_document_end(&indexes, &index);
     bson_append_array_end(cmd.get(), &indexes);
-    if (!mongoc_collection_write_command_with_opts(coll_, cmd.get(), nullptr, reply.get(), &e)) {
+    if (!mongoc_collection_write_command_with_opts(coll, cmd.get(), nullptr, reply.get(), &e)) {
         err = std::string("cannot create indexes: ") + e.message;
+        mongoc_collection_destroy(coll);
+        mongoc_client_destroy(client);
         return false;
     }
+    client_ = client;
+    coll_ = coll;
     return true;
 }
 
-bool Store::write(const Record &rec, std::string &err) {
-    Bson selector, doc, opts, reply;
-    BSON_APPEND_UTF8(selector.get(), "_id", rec.id.c_str());
-    BSON_APPEND_UTF8(doc.get(), "_id", rec.id.c_str());
-    BSON_APPEND_UTF8(doc.get(), "tenant", rec.tenant.c_str());
-    bson_t arr, ev;
-    BSON_APPEND_ARRAY_BEGIN(doc.get(), "rcpt", &arr);
-    for (size_t i = 0; i < rec.rcpt.size(); i++) {
-        bson_append_utf8(&arr, std::to_string(i).c_str(), -1, rec.rcpt[i].c_str(), -1);
+void Store::execute(std::vector<std::unique_ptr<Op>> &batch) {
+    std::string err;
+    if (!connect(err)) {
+        for (auto &op : batch) op->result = err;
+        return;
     }
-    bson_append_array_end(doc.get(), &arr);
-    BSON_APPEND_UTF8(doc.get(), "status", rec.status.c_str());
-    BSON_APPEND_DATE_TIME(doc.get(), "created_at", rec.created_ms);
-    BSON_APPEND_DATE_TIME(doc.get(), "updated_at", rec.events.empty() ? rec.created_ms : rec.events.back().at_ms);
-    BSON_APPEND_UTF8(doc.get(), "envelope", rec.envelope.c_str());
-    BSON_APPEND_ARRAY_BEGIN(doc.get(), "events", &arr);
-    for (size_t i = 0; i < rec.events.size(); i++) {
-        const RecordEvent &e = rec.events[i];
-        bson_append_document_begin(&arr, std::to_string(i).c_str(), -1, &ev);
-        BSON_APPEND_UTF8(&ev, "type", e.type.c_str());
-        BSON_APPEND_DATE_TIME(&ev, "at", e.at_ms);
-        if (!e.provider.empty()) BSON_APPEND_UTF8(&ev, "provider", e.provider.c_str());
-        if (e.code) BSON_APPEND_INT32(&ev, "code", e.code);
-        if (!e.reason.empty()) BSON_APPEND_UTF8(&ev, "reason", e.reason.c_str());
-        bson_append_document_end(&arr, &ev);
-    }
-    bson_append_array_end(doc.get(), &arr);
-    BSON_APPEND_BOOL(opts.get(), "upsert", true);
     bson_error_t e;
-    if (!mongoc_collection_replace_one(coll_, selector.get(), doc.get(), opts.get(), reply.get(), &e)) {
-        err = e.message;
-        return false;
+    // Writes: one ordered bulk of upserts.
+    mongoc_bulk_operation_t *bulk = nullptr;
+    for (auto &op : batch) {
+        if (!op->is_write) continue;
+        if (!bulk) {
+            Bson opts;
+            BSON_APPEND_BOOL(opts.get(), "ordered", true);
+            bulk = mongoc_collection_create_bulk_operation_with_opts(coll_, opts.get());
+        }
+        Bson selector, update, opts;
+        BSON_APPEND_UTF8(selector.get(), "_id", op->rec.id.c_str());
+        append_update(update.get(), op->rec);
+        BSON_APPEND_BOOL(opts.get(), "upsert", true);
+        mongoc_bulk_operation_update_one_with_opts(bulk, selector.get(), update.get(), opts.get(), &e);
     }
-    return true;
-}
-
-bool Store::status(const std::string &id, std::string &out, std::string &err) {
-    Bson filter, opts;
-    BSON_APPEND_UTF8(filter.get(), "_id", id.c_str());
-    BSON_APPEND_INT64(opts.get(), "limit", 1);
+    if (bulk) {
+        Bson reply;
+        bool ok = mongoc_bulk_operation_execute(bulk, reply.get(), &e) != 0;
+        mongoc_bulk_operation_destroy(bulk);
+        for (auto &op : batch) {
+            if (!op->is_write) continue;
+            op->ok = ok;
+            if (!ok) op->result = e.message;
+        }
+    }
+    // Status look-ups: one find with $in.
+    Bson filter, in_doc, opts;
+    bson_t id_filter, arr;
+    size_t n = 0;
+    BSON_APPEND_DOCUMENT_BEGIN(filter.get(), "_id", &id_filter);
+    BSON_APPEND_ARRAY_BEGIN(&id_filter, "$in", &arr);
+    for (auto &op : batch) {
+        if (op->is_write) continue;
+        bson_append_utf8(&arr, std::to_string(n++).c_str(), -1, op->rec.id.c_str(), -1);
+    }
+    bson_append_array_end(&id_filter, &arr);
+    bson_append_document_end(filter.get(), &id_filter);
+    if (n == 0) return;
     mongoc_cursor_t *cursor = mongoc_collection_find_with_opts(coll_, filter.get(), opts.get(), nullptr);
     const bson_t *doc;
-    out.clear();
-    if (mongoc_cursor_next(cursor, &doc)) {
+    std::vector<std::pair<std::string, std::string>> found;
+    while (mongoc_cursor_next(cursor, &doc)) {
         bson_iter_t it;
-        if (bson_iter_init_find(&it, doc, "status") && BSON_ITER_HOLDS_UTF8(&it)) out = bson_iter_utf8(&it, nullptr);
+        std::string id, status;
+        if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it)) id = bson_iter_utf8(&it, nullptr);
+        if (bson_iter_init_find(&it, doc, "status") && BSON_ITER_HOLDS_UTF8(&it)) status = bson_iter_utf8(&it, nullptr);
+        found.emplace_back(id, status);
     }
-    bson_error_t e;
     bool ok = !mongoc_cursor_error(cursor, &e);
-    if (!ok) err = e.message;
     mongoc_cursor_destroy(cursor);
-    return ok;
+    for (auto &op : batch) {
+        if (op->is_write) continue;
+        op->ok = ok;
+        op->result = ok ? "" : e.message;
+        if (!ok) continue;
+        for (auto &f : found) {
+            if (f.first == op->rec.id) op->result = f.second;
+        }
+    }
+}
+
+void Store::run() {
+    for (;;) {
+        std::vector<std::unique_ptr<Op>> batch;
+        {
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [this] { return stop_ || !todo_.empty(); });
+            if (stop_ && todo_.empty()) return;
+            while (!todo_.empty() && batch.size() < BATCH_MAX) {
+                batch.push_back(std::move(todo_.front()));
+                todo_.pop_front();
+            }
+        }
+        execute(batch);
+        bool failed = !batch.empty() && !batch.front()->ok;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            for (auto &op : batch) done_.push_back(std::move(op));
+        }
+        ev_async_send(loop_, &async_);
+        if (failed) {
+            // the store is down: do not spin; callers retry what failed
+            if (coll_) {
+                mongoc_collection_destroy(coll_);
+                coll_ = nullptr;
+                mongoc_client_destroy(client_);
+                client_ = nullptr;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
+    }
 }

@@ -1,24 +1,34 @@
-// MongoDB records: one document per message, keyed by message id, holding the
-// encrypted envelope, blind indexes of its recipients, status and timeline.
+// MongoDB records, written from a thread of their own (libmongoc blocks) in
+// batches. One document per message, keyed by message id: the encrypted
+// envelope, blind indexes of its recipients, status and event timeline.
 #pragma once
+#include <ev.h>
 #include <mongoc/mongoc.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config.h"
 
 struct RecordEvent {
-    std::string type;      // queued, sent, failed, ...
+    std::string type;      // deferred, sent, failed, ...
     int64_t at_ms = 0;
     std::string provider;  // may be empty
     int code = 0;          // provider's status code, 0 = none
     std::string reason;    // short, never personal data
 };
 
-struct Record {
-    std::string id, tenant, status, envelope;
+// An update of one message's record: created with the first update, events
+// appended by every one.
+struct RecordUpdate {
+    std::string id, tenant, envelope, status;
     std::vector<std::string> rcpt;  // blind indexes
     int64_t created_ms = 0;
     std::vector<RecordEvent> events;
@@ -26,20 +36,41 @@ struct Record {
 
 class Store {
 public:
-    explicit Store(const Config &cfg) : cfg_(cfg) {}
+    using WriteDone = std::function<void(bool ok, const std::string &error)>;
+    using StatusDone = std::function<void(bool ok, const std::string &status)>;  // "" = no record
+
+    Store(struct ev_loop *loop, const Config &cfg);
     ~Store();
     Store(const Store &) = delete;
     Store &operator=(const Store &) = delete;
 
-    bool connect(std::string &err);
-    // Idempotent: writing a message twice leaves one record.
-    bool write(const Record &rec, std::string &err);
-    // The recorded status of a message, "" when there is no record.
-    bool status(const std::string &id, std::string &out, std::string &err);
+    void write(RecordUpdate rec, WriteDone done);
+    void status(const std::string &id, StatusDone done);
 
 private:
+    struct Op {
+        bool is_write = true;
+        RecordUpdate rec;
+        WriteDone write_done;
+        StatusDone status_done;
+        bool ok = false;
+        std::string result;  // error, or the status found
+    };
 
-    const Config &cfg_;
+    void run();
+    bool connect(std::string &err);
+    void execute(std::vector<std::unique_ptr<Op>> &batch);
+    static void async_cb(struct ev_loop *, ev_async *w, int);
+
+    struct ev_loop *loop_;
+    const std::string uri_;
+    ev_async async_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::unique_ptr<Op>> todo_, done_;
+    bool stop_ = false;
+    // the writer thread's own
     mongoc_client_t *client_ = nullptr;
     mongoc_collection_t *coll_ = nullptr;
+    std::thread thread_;
 };
