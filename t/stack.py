@@ -169,9 +169,11 @@ class Stack:
     def start_redis(self, port=None):
         port = port or free_port()
         # rdbcompression off: the tests read the dump to prove nothing is plaintext
+        # appendonly: as in production, an acknowledged XADD survives a restart
         self.redis = self.spawn("redis", [REDIS, "--port", str(port), "--bind", "127.0.0.1",
-                                          "--save", "", "--appendonly", "no", "--rdbcompression", "no",
-                                          "--dir", self.dir, "--dbfilename", "redis-dump.rdb"], port)
+                                          "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                                          "--rdbcompression", "no", "--dir", self.dir,
+                                          "--dbfilename", "redis-dump.rdb"], port)
         return self.redis
 
     def start_ferretdb(self, port=None):
@@ -188,8 +190,8 @@ class Stack:
         port = port or free_port()
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
-        self.smtp = self.spawn("smtp", ["/usr/bin/python3", "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
-                                        "-c", "aiosmtpd.handlers.Mailbox", self.maildir], port)
+        self.smtp = self.spawn("smtp", ["/usr/bin/python3", os.path.join(ROOT, "t", "smtp_server.py"),
+                                        "--listen", f"127.0.0.1:{port}", "--maildir", self.maildir], port)
         return self.smtp
 
     def deliveryd_conf(self, **overrides):
@@ -201,6 +203,10 @@ class Stack:
             "message_id_domain": "mailapi.test",
             "retry_interval": "1",
             "claim_idle": "5",
+            "retry_base": "1",
+            "max_attempts": "4",
+            "send_timeout": "10",
+            "shutdown_grace": "5",
         }
         conf.update({k: str(v) for k, v in overrides.items()})
         return conf

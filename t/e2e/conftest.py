@@ -68,11 +68,15 @@ class Mailbox:
         raise AssertionError(f"no mail with {message_id} arrived in {self.path}")
 
     def count(self, message_id):
-        n = 0
+        return self.counts().get(message_id, 0)
+
+    def counts(self):
+        """How many mails arrived per message id (read from Message-ID)."""
+        seen = {}
         for m in mailbox.Maildir(self.path, create=False):
-            if message_id in (m["Message-ID"] or ""):
-                n += 1
-        return n
+            mid = (m["Message-ID"] or "").strip("<>").split("@")[0]
+            seen[mid] = seen.get(mid, 0) + 1
+        return seen
 
 
 @pytest.fixture(scope="session")

@@ -92,10 +92,14 @@ def test_nothing_personal_is_stored_in_plaintext(stack, api, keys, redis_cli, rc
     mid = r.json()["id"]
     api.wait_status(mid, token)
 
-    # Redis: the whole dataset as written to disk (rdbcompression is off).
+    # Redis: the whole dataset as written to disk (rdbcompression is off), and
+    # the append-only log of every write.
     assert redis_cli("SAVE") == "OK"
     with open(os.path.join(stack.dir, "redis-dump.rdb"), "rb") as f:
         dump = f.read()
+    aof = glob.glob(os.path.join(stack.dir, "appendonlydir", "*"))
+    assert aof
+    dump += b"".join(open(p, "rb").read() for p in aof)
     assert mid.encode() in dump  # the routing fields are there ...
     for secret in (rcpt, marker, subject, rcpt.split("@")[0]):
         assert secret.encode() not in dump  # ... the message is not

@@ -1,0 +1,180 @@
+"""deliveryd: retries with backoff, permanent failures, dead letters and their
+replay, send_at, and the invariant that every accepted message ends in exactly
+one terminal record across crashes and outages."""
+import concurrent.futures
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pymongo
+import pytest
+
+import stack as stackmod
+from conftest import Api, Mailbox, message
+
+
+def rcpt_with(prefix):
+    return f"{prefix}+{uuid.uuid4().hex[:10]}@example.org"
+
+
+def test_transient_failures_are_retried_until_sent(api, keys, inbox):
+    token = keys["acme_full"].token()
+    mid = api.send(message(rcpt_with("flaky2")), token).json()["id"]
+    rec = api.wait_status(mid, token, "sent", timeout=30)
+    types = [e["type"] for e in rec["events"]]
+    assert types == ["queued", "deferred", "deferred", "sent"], types
+    assert all(e["code"] == 451 for e in rec["events"][1:3])
+    assert inbox.find(mid)
+
+
+def test_permanent_failure_is_not_retried(api, keys, redis_cli):
+    token = keys["acme_full"].token()
+    mid = api.send(message(rcpt_with("reject")), token).json()["id"]
+    rec = api.wait_status(mid, token, "failed", timeout=15)
+    assert [e["type"] for e in rec["events"]] == ["queued", "failed"]
+    assert rec["events"][1]["code"] == 550 and rec["events"][1]["provider"] == "smtp"
+    time.sleep(1.5)
+    assert [e["type"] for e in api.get(mid, token).json()["events"]] == ["queued", "failed"]  # no retry
+    assert mid not in redis_cli("XRANGE", "mailapi:dead", "-", "+")
+
+
+def test_gives_up_into_the_dead_letters_then_replays(stack, api, keys, redis_cli):
+    token = keys["acme_full"].token()
+    mid = api.send(message(rcpt_with("tempfail")), token).json()["id"]
+    rec = api.wait_status(mid, token, "failed", timeout=40)  # max_attempts 4, retry_base 1 s
+    assert [e["type"] for e in rec["events"]] == ["queued", "deferred", "deferred", "deferred", "failed"]
+    assert "gave up after 4 attempts" in rec["events"][-1]["reason"]
+    dead = redis_cli("XRANGE", "mailapi:dead", "-", "+")
+    assert mid in dead and "gave up after 4 attempts" in dead
+
+    conf = os.path.join(stack.dir, "deliveryd.conf")
+    out = subprocess.run([stackmod.DELIVERYD, "-c", conf, "--replay-dead"], capture_output=True, text=True,
+                         env=stack.sanitizer_env(preload=False))
+    assert out.returncode == 0 and "dead letters put back" in out.stdout, out.stderr
+    assert mid not in redis_cli("XRANGE", "mailapi:dead", "-", "+")
+    deadline = time.time() + 40
+    while time.time() < deadline:  # retried from scratch: four more attempts, then dead again
+        events = api.get(mid, token).json()["events"]
+        if len(events) >= 9 and mid in redis_cli("XRANGE", "mailapi:dead", "-", "+"):
+            break
+        time.sleep(0.5)
+    assert [e["type"] for e in events].count("deferred") == 6 and events[-1]["type"] == "failed"
+
+
+def test_send_at_waits(api, keys, inbox):
+    token = keys["acme_full"].token()
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
+    mid = api.send(message(rcpt_with("later"), send_at=at), token).json()["id"]
+    time.sleep(1.5)
+    assert inbox.count(mid) == 0 and api.get(mid, token).status_code == 404
+    rec = api.wait_status(mid, token, "sent", timeout=15)
+    assert rec["events"][-1]["type"] == "sent"
+    sent_at = time.mktime(time.strptime(rec["events"][-1]["at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    assert sent_at >= time.mktime(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone - 1
+
+
+@pytest.fixture
+def crash_stack(tmp_path):
+    """A stack of its own: these tests kill and restart its parts."""
+    s = stackmod.Stack(str(tmp_path))
+    key = s.add_key("crash", "acme", "send+read")
+    s.start_redis()
+    s.start_ferretdb()
+    s.start_smtp()
+    s.start_nginx()
+    yield s, key, Api(f"http://127.0.0.1:{s.nginx.port}")
+    s.stop_all()
+
+
+def send_many(api, token, n, prefix="r"):
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: Api(api.base).send(message(f"{prefix}{i}@example.org"), token), range(n)))
+    assert all(r.status_code == 202 for r in results), {r.status_code for r in results}
+    return [r.json()["id"] for r in results]
+
+
+def wait_terminal(s, ids, timeout=120):
+    coll = pymongo.MongoClient(s.mongodb_uri, serverSelectionTimeoutMS=3000)["mailapi"]["messages"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            docs = list(coll.find({"_id": {"$in": ids}}, {"status": 1}))
+        except pymongo.errors.PyMongoError:
+            docs = []
+        if len(docs) == len(ids) and all(d["status"] == "sent" for d in docs):
+            return docs
+        time.sleep(0.5)
+    raise AssertionError(f"{sum(1 for d in docs if d['status'] == 'sent')}/{len(ids)} sent")
+
+
+def assert_exactly_once(s, ids):
+    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
+    docs = list(coll.find({"_id": {"$in": ids}}))
+    assert sorted(d["_id"] for d in docs) == sorted(ids)  # one record each, none missing
+    for d in docs:
+        terminal = [e for e in d["events"] if e["type"] in ("sent", "failed")]
+        assert d["status"] == "sent" and len(terminal) >= 1
+    delivered = Mailbox(s.maildir).counts()
+    missing = [i for i in ids if delivered.get(i, 0) == 0]
+    assert not missing, f"{len(missing)} accepted messages never reached the SMTP server"
+
+
+def test_kill_9_loses_nothing(crash_stack):
+    s, key, api = crash_stack
+    first = s.start_deliveryd(max_in_flight="64", claim_idle="2")
+    ids = send_many(api, key.token(), 1000)
+    time.sleep(0.3)  # some sent, some in flight, most still queued
+    first.stop(signal.SIGKILL)
+    pending = subprocess.run(["redis-cli", "-p", str(s.redis.port), "XPENDING", "mailapi:messages", "deliveryd"],
+                             capture_output=True, text=True).stdout.split()
+    assert int(pending[0]) > 0, "nothing was in flight when deliveryd was killed"
+    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
+    assert coll.count_documents({"status": "sent"}) < len(ids), "everything was done before the kill"
+    s.start_deliveryd(name="deliveryd2", max_in_flight="64", claim_idle="2")
+    wait_terminal(s, ids)
+    assert_exactly_once(s, ids)
+
+
+def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
+    s, key, api = crash_stack
+    d = s.start_deliveryd()
+    mid = api.send(message(rcpt_with("slow2")), key.token()).json()["id"]
+    time.sleep(0.7)  # the send is in flight, 2 s at DATA
+    t0 = time.time()
+    assert d.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.time() - t0 >= 1  # it waited for the send
+    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
+    assert coll.find_one({"_id": mid})["status"] == "sent"
+    assert '"msg":"stopped"' in d.log_tail()
+
+
+def test_redis_restart_and_store_outage_lose_nothing(crash_stack):
+    s, key, api = crash_stack
+    s.start_deliveryd(claim_idle="2")
+    ids = send_many(api, key.token(), 200, "a")
+    # Redis goes away and comes back (its data is saved and reloaded)
+    subprocess.run(["redis-cli", "-p", str(s.redis.port), "SAVE"], capture_output=True)
+    port = s.redis.port
+    s.redis.stop()
+    time.sleep(1)
+    s.start_redis(port=port)
+    ids += send_many(api, key.token(), 200, "b") if _wait_202(api, key) else []
+    # MongoDB goes away for a while and comes back
+    mport = s.mongo.port
+    s.mongo.stop()
+    ids += send_many(api, key.token(), 200, "c")
+    time.sleep(3)
+    s.start_ferretdb(port=mport)
+    wait_terminal(s, ids, timeout=180)
+    assert_exactly_once(s, ids)
+
+
+def _wait_202(api, key):
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if api.send(message("probe@example.org"), key.token()).status_code == 202:
+            return True
+        time.sleep(0.3)
+    raise AssertionError("nginx did not recover from the Redis restart")
