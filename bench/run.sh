@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ./build.sh bench [SECONDS]: every benchmark, each printing its own table.
+# ./build.sh bench: every benchmark, each printing its own table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench/edge.sh "$@"
+bench/deliveryd.sh

@@ -46,6 +46,8 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
         if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
     } else if (name == "claim_idle") {
         if (!set_int(v, 1, 86400, c.claim_idle)) return "claim_idle must be 1..86400 seconds";
+    } else if (name == "smtp_concurrency") {
+        if (!set_int(v, 1, 1000, c.smtp_concurrency)) return "smtp_concurrency must be 1..1000";
     } else if (name == "max_in_flight") {
         if (!set_int(v, 1, 100000, c.max_in_flight)) return "max_in_flight must be 1..100000";
     } else if (name == "send_timeout") {
@@ -71,7 +73,7 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
 }
 
 const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
-                             "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls",
+                             "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls", "smtp_concurrency",
                              "message_id_domain", "batch", "retry_interval", "claim_idle", "max_in_flight",
                              "send_timeout", "retry_base", "retry_max_delay", "max_attempts", "max_age",
                              "shutdown_grace", "scheduled", "dead_letters"};

@@ -14,6 +14,7 @@ struct Config {
     std::string smtp_username;
     std::string smtp_password;                // prefer smtp_password_file
     bool smtp_starttls = false;               // require STARTTLS on smtp:// URLs
+    int smtp_concurrency = 16;                // connections to the SMTP server at once
     std::string message_id_domain = "mailapi.invalid";
     int batch = 64;                           // entries read at a time
     int retry_interval = 30;                  // seconds between sweeps of unfinished entries

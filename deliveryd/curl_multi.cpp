@@ -5,7 +5,7 @@ struct CurlMulti::Watch {
     CurlMulti *owner;
 };
 
-CurlMulti::CurlMulti(struct ev_loop *loop) : loop_(loop), multi_(curl_multi_init()) {
+CurlMulti::CurlMulti(struct ev_loop *loop, long max_per_host) : loop_(loop), multi_(curl_multi_init()) {
     ev_timer_init(&timer_, timeout_cb, 0, 0);
     timer_.data = this;
     curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, socket_cb);
@@ -13,6 +13,7 @@ CurlMulti::CurlMulti(struct ev_loop *loop) : loop_(loop), multi_(curl_multi_init
     curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
     curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, 256L);
+    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_per_host);
 }
 
 CurlMulti::~CurlMulti() {

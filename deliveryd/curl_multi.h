@@ -10,7 +10,9 @@ class CurlMulti {
 public:
     using Done = std::function<void(CURLcode)>;
 
-    explicit CurlMulti(struct ev_loop *loop);
+    // max_per_host: connections to one host at once; further transfers wait
+    // for one of them and reuse it.
+    CurlMulti(struct ev_loop *loop, long max_per_host);
     ~CurlMulti();
     CurlMulti(const CurlMulti &) = delete;
     CurlMulti &operator=(const CurlMulti &) = delete;

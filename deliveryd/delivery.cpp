@@ -100,6 +100,7 @@ void Delivery::decide(std::shared_ptr<Job> job) {
     rec.tenant = e.tenant;
     rec.envelope = e.envelope;
     rec.created_ms = e.created_ms;
+    rec.first = e.attempt == 0 && !job->claimed;
     if (e.attempt == 0) rec.events.push_back({"queued", e.created_ms, "", 0, ""});
     std::string plain;
     mailapi::FieldError ferr;

@@ -93,7 +93,7 @@ struct Daemon {
     Config &cfg;
     mailapi::Keyring &keyring;
     std::string config_path;
-    CurlMulti multi{loop};
+    CurlMulti multi{loop, cfg.smtp_concurrency};
     Store store{loop, cfg};
     SmtpProvider smtp{cfg, multi};
     Queue *queue = nullptr;

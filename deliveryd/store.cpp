@@ -1,5 +1,6 @@
 #include "store.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "log.h"
@@ -21,40 +22,87 @@ private:
     bson_t b_;
 };
 
-void append_update(bson_t *update, const RecordUpdate &rec) {
-    bson_t on_insert, set, push, events, each, ev, arr;
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$setOnInsert", &on_insert);
-    BSON_APPEND_UTF8(&on_insert, "tenant", rec.tenant.c_str());
-    BSON_APPEND_DATE_TIME(&on_insert, "created_at", rec.created_ms);
-    BSON_APPEND_UTF8(&on_insert, "envelope", rec.envelope.c_str());
-    BSON_APPEND_ARRAY_BEGIN(&on_insert, "rcpt", &arr);
-    for (size_t i = 0; i < rec.rcpt.size(); i++) {
-        bson_append_utf8(&arr, std::to_string(i).c_str(), -1, rec.rcpt[i].c_str(), -1);
-    }
-    bson_append_array_end(&on_insert, &arr);
-    bson_append_document_end(update, &on_insert);
-
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
-    BSON_APPEND_UTF8(&set, "status", rec.status.c_str());
-    BSON_APPEND_DATE_TIME(&set, "updated_at", rec.events.empty() ? rec.created_ms : rec.events.back().at_ms);
-    bson_append_document_end(update, &set);
-
-    BSON_APPEND_DOCUMENT_BEGIN(update, "$push", &push);
-    BSON_APPEND_DOCUMENT_BEGIN(&push, "events", &events);
-    BSON_APPEND_ARRAY_BEGIN(&events, "$each", &each);
-    for (size_t i = 0; i < rec.events.size(); i++) {
-        const RecordEvent &e = rec.events[i];
-        bson_append_document_begin(&each, std::to_string(i).c_str(), -1, &ev);
+void append_events(bson_t *parent, const char *name, const std::vector<RecordEvent> &events) {
+    bson_t arr, ev;
+    bson_append_array_begin(parent, name, -1, &arr);
+    for (size_t i = 0; i < events.size(); i++) {
+        const RecordEvent &e = events[i];
+        bson_append_document_begin(&arr, std::to_string(i).c_str(), -1, &ev);
         BSON_APPEND_UTF8(&ev, "type", e.type.c_str());
         BSON_APPEND_DATE_TIME(&ev, "at", e.at_ms);
         if (!e.provider.empty()) BSON_APPEND_UTF8(&ev, "provider", e.provider.c_str());
         if (e.code) BSON_APPEND_INT32(&ev, "code", e.code);
         if (!e.reason.empty()) BSON_APPEND_UTF8(&ev, "reason", e.reason.c_str());
-        bson_append_document_end(&each, &ev);
+        bson_append_document_end(&arr, &ev);
     }
-    bson_append_array_end(&events, &each);
+    bson_append_array_end(parent, &arr);
+}
+
+void append_rcpt(bson_t *parent, const RecordUpdate &rec) {
+    bson_t arr;
+    BSON_APPEND_ARRAY_BEGIN(parent, "rcpt", &arr);
+    for (size_t i = 0; i < rec.rcpt.size(); i++) {
+        bson_append_utf8(&arr, std::to_string(i).c_str(), -1, rec.rcpt[i].c_str(), -1);
+    }
+    bson_append_array_end(parent, &arr);
+}
+
+int64_t updated_at(const RecordUpdate &rec) {
+    return rec.events.empty() ? rec.created_ms : rec.events.back().at_ms;
+}
+
+void append_document(bson_t *doc, const RecordUpdate &rec) {
+    BSON_APPEND_UTF8(doc, "_id", rec.id.c_str());
+    BSON_APPEND_UTF8(doc, "tenant", rec.tenant.c_str());
+    append_rcpt(doc, rec);
+    BSON_APPEND_UTF8(doc, "status", rec.status.c_str());
+    BSON_APPEND_DATE_TIME(doc, "created_at", rec.created_ms);
+    BSON_APPEND_DATE_TIME(doc, "updated_at", updated_at(rec));
+    BSON_APPEND_UTF8(doc, "envelope", rec.envelope.c_str());
+    append_events(doc, "events", rec.events);
+}
+
+void append_update(bson_t *update, const RecordUpdate &rec) {
+    bson_t on_insert, set, push, events;
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$setOnInsert", &on_insert);
+    BSON_APPEND_UTF8(&on_insert, "tenant", rec.tenant.c_str());
+    BSON_APPEND_DATE_TIME(&on_insert, "created_at", rec.created_ms);
+    BSON_APPEND_UTF8(&on_insert, "envelope", rec.envelope.c_str());
+    append_rcpt(&on_insert, rec);
+    bson_append_document_end(update, &on_insert);
+
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$set", &set);
+    BSON_APPEND_UTF8(&set, "status", rec.status.c_str());
+    BSON_APPEND_DATE_TIME(&set, "updated_at", updated_at(rec));
+    bson_append_document_end(update, &set);
+
+    BSON_APPEND_DOCUMENT_BEGIN(update, "$push", &push);
+    BSON_APPEND_DOCUMENT_BEGIN(&push, "events", &events);
+    append_events(&events, "$each", rec.events);
     bson_append_document_end(&push, &events);
     bson_append_document_end(update, &push);
+}
+
+// Indexes (in insert order) of the write errors that are duplicate keys.
+std::vector<uint32_t> duplicate_key_errors(const bson_t *reply, bool &other_errors) {
+    std::vector<uint32_t> out;
+    other_errors = false;
+    bson_iter_t it, errs;
+    if (!bson_iter_init_find(&it, reply, "writeErrors") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+        !bson_iter_recurse(&it, &errs)) {
+        return out;
+    }
+    while (bson_iter_next(&errs)) {
+        bson_iter_t err, f;
+        if (!BSON_ITER_HOLDS_DOCUMENT(&errs) || !bson_iter_recurse(&errs, &err)) continue;
+        int32_t code = 0, index = -1;
+        if (bson_iter_find_descendant(&err, "code", &f)) code = bson_iter_as_int64(&f);
+        bson_iter_recurse(&errs, &err);
+        if (bson_iter_find_descendant(&err, "index", &f)) index = static_cast<int32_t>(bson_iter_as_int64(&f));
+        if (code == 11000 && index >= 0) out.push_back(static_cast<uint32_t>(index));
+        else other_errors = true;
+    }
+    return out;
 }
 
 }  // namespace
@@ -167,27 +215,50 @@ void Store::execute(std::vector<std::unique_ptr<Op>> &batch) {
         return;
     }
     bson_error_t e;
-    // Writes: one ordered bulk of upserts.
-    mongoc_bulk_operation_t *bulk = nullptr;
+    // First outcomes: one unordered bulk insert. A duplicate key means a record
+    // exists after all (a previous life of this message): that one is upserted.
+    std::vector<Op *> inserts, updates;
     for (auto &op : batch) {
-        if (!op->is_write) continue;
-        if (!bulk) {
-            Bson opts;
-            BSON_APPEND_BOOL(opts.get(), "ordered", true);
-            bulk = mongoc_collection_create_bulk_operation_with_opts(coll_, opts.get());
-        }
-        Bson selector, update, opts;
-        BSON_APPEND_UTF8(selector.get(), "_id", op->rec.id.c_str());
-        append_update(update.get(), op->rec);
-        BSON_APPEND_BOOL(opts.get(), "upsert", true);
-        mongoc_bulk_operation_update_one_with_opts(bulk, selector.get(), update.get(), opts.get(), &e);
+        if (op->is_write) (op->rec.first ? inserts : updates).push_back(op.get());
     }
-    if (bulk) {
-        Bson reply;
+    if (!inserts.empty()) {
+        Bson opts, reply;
+        BSON_APPEND_BOOL(opts.get(), "ordered", false);
+        mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll_, opts.get());
+        for (Op *op : inserts) {
+            Bson doc;
+            append_document(doc.get(), op->rec);
+            mongoc_bulk_operation_insert_with_opts(bulk, doc.get(), nullptr, &e);
+        }
         bool ok = mongoc_bulk_operation_execute(bulk, reply.get(), &e) != 0;
         mongoc_bulk_operation_destroy(bulk);
-        for (auto &op : batch) {
-            if (!op->is_write) continue;
+        bool other = !ok;
+        std::vector<uint32_t> dups = ok ? std::vector<uint32_t>() : duplicate_key_errors(reply.get(), other);
+        if (!ok && !dups.empty() && !other) ok = true;  // only duplicates: those become updates
+        for (size_t i = 0; i < inserts.size(); i++) {
+            if (std::find(dups.begin(), dups.end(), i) != dups.end()) {
+                updates.push_back(inserts[i]);
+            } else {
+                inserts[i]->ok = ok;
+                if (!ok) inserts[i]->result = e.message;
+            }
+        }
+    }
+    // Later outcomes: one ordered bulk of upserts appending to the timeline.
+    if (!updates.empty()) {
+        Bson opts, reply;
+        BSON_APPEND_BOOL(opts.get(), "ordered", true);
+        mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll_, opts.get());
+        for (Op *op : updates) {
+            Bson selector, update, uopts;
+            BSON_APPEND_UTF8(selector.get(), "_id", op->rec.id.c_str());
+            append_update(update.get(), op->rec);
+            BSON_APPEND_BOOL(uopts.get(), "upsert", true);
+            mongoc_bulk_operation_update_one_with_opts(bulk, selector.get(), update.get(), uopts.get(), &e);
+        }
+        bool ok = mongoc_bulk_operation_execute(bulk, reply.get(), &e) != 0;
+        mongoc_bulk_operation_destroy(bulk);
+        for (Op *op : updates) {
             op->ok = ok;
             if (!ok) op->result = e.message;
         }
@@ -241,7 +312,9 @@ void Store::run() {
             }
         }
         execute(batch);
-        bool failed = !batch.empty() && !batch.front()->ok;
+        bool failed = std::any_of(batch.begin(), batch.end(), [](const std::unique_ptr<Op> &op) {
+            return !op->ok && op->result.find("E11000") == std::string::npos;
+        });
         {
             std::lock_guard<std::mutex> lock(mu_);
             for (auto &op : batch) done_.push_back(std::move(op));

@@ -28,6 +28,7 @@ struct RecordEvent {
 // An update of one message's record: created with the first update, events
 // appended by every one.
 struct RecordUpdate {
+    bool first = false;  // no record can exist yet: insert (cheap), upsert only on a duplicate
     std::string id, tenant, envelope, status;
     std::vector<std::string> rcpt;  // blind indexes
     int64_t created_ms = 0;
