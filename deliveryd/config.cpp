@@ -108,6 +108,12 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
             }
         }
     }
+    if (c.claim_idle <= c.send_timeout) {
+        // or a live instance's slow send would be taken over and sent twice
+        err = "claim_idle (" + std::to_string(c.claim_idle) + " s) must be longer than send_timeout (" +
+              std::to_string(c.send_timeout) + " s)";
+        return false;
+    }
     if (c.consumer.empty()) {
         char host[256] = "deliveryd";
         gethostname(host, sizeof host - 1);

@@ -18,7 +18,7 @@ struct Config {
     std::string message_id_domain = "mailapi.invalid";
     int batch = 64;                           // entries read at a time
     int retry_interval = 30;                  // seconds between sweeps of unfinished entries
-    int claim_idle = 60;                      // seconds before another consumer's entry is taken over
+    int claim_idle = 120;                     // seconds before another consumer's entry is taken over (> send_timeout)
     int max_in_flight = 256;                  // messages being worked on at once
     int send_timeout = 60;                    // seconds one send may take
     int retry_base = 10;                      // seconds before the first retry; doubles each time

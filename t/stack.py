@@ -205,7 +205,7 @@ class Stack:
             "claim_idle": "5",
             "retry_base": "1",
             "max_attempts": "4",
-            "send_timeout": "10",
+            "send_timeout": "4",
             "shutdown_grace": "5",
         }
         conf.update({k: str(v) for k, v in overrides.items()})

@@ -123,7 +123,7 @@ def assert_exactly_once(s, ids):
 
 def test_kill_9_loses_nothing(crash_stack):
     s, key, api = crash_stack
-    first = s.start_deliveryd(max_in_flight="64", claim_idle="2")
+    first = s.start_deliveryd(max_in_flight="64", claim_idle="2", send_timeout="1")
     ids = send_many(api, key.token(), 1000)
     time.sleep(0.3)  # some sent, some in flight, most still queued
     first.stop(signal.SIGKILL)
@@ -132,7 +132,7 @@ def test_kill_9_loses_nothing(crash_stack):
     assert int(pending[0]) > 0, "nothing was in flight when deliveryd was killed"
     coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
     assert coll.count_documents({"status": "sent"}) < len(ids), "everything was done before the kill"
-    s.start_deliveryd(name="deliveryd2", max_in_flight="64", claim_idle="2")
+    s.start_deliveryd(name="deliveryd2", max_in_flight="64", claim_idle="2", send_timeout="1")
     wait_terminal(s, ids)
     assert_exactly_once(s, ids)
 
@@ -152,7 +152,7 @@ def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
 
 def test_redis_restart_and_store_outage_lose_nothing(crash_stack):
     s, key, api = crash_stack
-    s.start_deliveryd(claim_idle="2")
+    s.start_deliveryd(claim_idle="2", send_timeout="1")
     ids = send_many(api, key.token(), 200, "a")
     # Redis goes away and comes back (its data is saved and reloaded)
     subprocess.run(["redis-cli", "-p", str(s.redis.port), "SAVE"], capture_output=True)

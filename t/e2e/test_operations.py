@@ -181,6 +181,10 @@ def test_shipped_deliveryd_conf_is_valid(stack):
     assert r.returncode == 0 and "configuration ok" in r.stdout, r.stdout + r.stderr
     with open(os.path.join(stack.dir, "bad-deliveryd.conf"), "w") as f:
         f.write("redis 127.0.0.1:6379\nbatch many\n")
+    with open(os.path.join(stack.dir, "bad2-deliveryd.conf"), "w") as g:
+        g.write("send_timeout 60\nclaim_idle 30\n")
+    r2 = subprocess.run([stackmod.DELIVERYD, "-c", g.name, "--check-config"], env=env, capture_output=True, text=True)
+    assert r2.returncode == 1 and "claim_idle (30 s) must be longer than send_timeout (60 s)" in r2.stderr
     r = subprocess.run([stackmod.DELIVERYD, "-c", f.name, "--check-config"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "bad-deliveryd.conf:2: batch must be 1..10000" in r.stderr
 
