@@ -39,8 +39,32 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
     } else if (name == "smtp_starttls") {
         if (v != "yes" && v != "no") return "smtp_starttls is yes or no";
         c.smtp_starttls = v == "yes";
-    } else if (name == "message_id_domain") c.message_id_domain = v;
-    else if (name == "batch") {
+    } else if (name == "message_id_domain") {
+        c.message_id_domain = v;
+    } else if (name == "providers") {
+        c.providers.clear();
+        size_t start = 0;
+        while (start <= v.size()) {
+            size_t comma = v.find(',', start);
+            std::string p = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+            if (p != "smtp" && p != "sendgrid" && p != "http") return "providers: unknown provider \"" + p + "\"";
+            c.providers.push_back(p);
+            if (comma == std::string::npos) break;
+            start = comma + 1;
+        }
+    } else if (name == "sendgrid_url") {
+        c.sendgrid_url = v;
+    } else if (name == "sendgrid_api_key") {
+        c.sendgrid_api_key = v;
+    } else if (name == "sendgrid_api_key_file") {
+        if (!read_secret_file(v, c.sendgrid_api_key)) return "cannot read " + v;
+    } else if (name == "http_url") {
+        c.http_url = v;
+    } else if (name == "http_token") {
+        c.http_token = v;
+    } else if (name == "http_token_file") {
+        if (!read_secret_file(v, c.http_token)) return "cannot read " + v;
+    } else if (name == "batch") {
         if (!set_int(v, 1, 10000, c.batch)) return "batch must be 1..10000";
     } else if (name == "retry_interval") {
         if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
@@ -74,7 +98,8 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
 
 const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
                              "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls", "smtp_concurrency",
-                             "message_id_domain", "batch", "retry_interval", "claim_idle", "max_in_flight",
+                             "message_id_domain", "providers", "sendgrid_url", "sendgrid_api_key",
+                             "sendgrid_api_key_file", "http_url", "http_token", "http_token_file", "batch", "retry_interval", "claim_idle", "max_in_flight",
                              "send_timeout", "retry_base", "retry_max_delay", "max_attempts", "max_age",
                              "shutdown_grace", "scheduled", "dead_letters"};
 
@@ -106,6 +131,16 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
                 err = var + ": " + e;
                 return false;
             }
+        }
+    }
+    for (const std::string &p : c.providers) {
+        if (p == "sendgrid" && c.sendgrid_api_key.empty()) {
+            err = "providers has sendgrid: set sendgrid_api_key_file";
+            return false;
+        }
+        if (p == "http" && c.http_url.empty()) {
+            err = "providers has http: set http_url";
+            return false;
         }
     }
     if (c.claim_idle <= c.send_timeout) {

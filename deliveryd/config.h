@@ -2,6 +2,7 @@
 // the environment variable DELIVERYD_<NAME>.
 #pragma once
 #include <string>
+#include <vector>
 
 struct Config {
     std::string redis = "127.0.0.1:6379";     // host:port or unix:/path
@@ -16,6 +17,12 @@ struct Config {
     bool smtp_starttls = false;               // require STARTTLS on smtp:// URLs
     int smtp_concurrency = 16;                // connections to the SMTP server at once
     std::string message_id_domain = "mailapi.invalid";
+    // Providers in failover order: a transient failure moves on to the next.
+    std::vector<std::string> providers = {"smtp"};
+    std::string sendgrid_url = "https://api.sendgrid.com";
+    std::string sendgrid_api_key;
+    std::string http_url;
+    std::string http_token;
     int batch = 64;                           // entries read at a time
     int retry_interval = 30;                  // seconds between sweeps of unfinished entries
     int claim_idle = 120;                     // seconds before another consumer's entry is taken over (> send_timeout)

@@ -42,8 +42,8 @@ struct Delivery::Job {
 };
 
 Delivery::Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store,
-                   Queue *&queue, SmtpProvider &smtp)
-    : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), smtp_(smtp) {}
+                   Queue *&queue, std::vector<Provider *> providers)
+    : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), providers_(std::move(providers)) {}
 
 Delivery::~Delivery() = default;
 
@@ -117,32 +117,40 @@ void Delivery::decide(std::shared_ptr<Job> job) {
         give_up(job, "expired before it could be sent", 0);
         return;
     }
-    send(job);
+    send(job, 0);
 }
 
-void Delivery::send(std::shared_ptr<Job> job) {
+// Providers in order: a transient failure moves on to the next at once; the
+// retry comes later only when every one of them failed.
+void Delivery::send(std::shared_ptr<Job> job, size_t index) {
+    Provider *p = providers_[index];
     int64_t started = now_ms();
-    smtp_.send(job->entry.id, job->msg, [this, job, started](SendOutcome out) {
+    p->send(job->entry.id, job->entry.tenant, job->msg, [this, job, index, p, started](SendOutcome out) {
         log_info(out.result == SendResult::sent ? "sent" : "send failed",
-                 {{"id", job->entry.id}, {"tenant", job->entry.tenant}, {"provider", "smtp"},
+                 {{"id", job->entry.id}, {"tenant", job->entry.tenant}, {"provider", p->name()},
                   {"code", std::to_string(out.code)}, {"ms", std::to_string(now_ms() - started)},
                   {"attempt", std::to_string(job->entry.attempt + 1)}, {"reason", out.reason}});
-        outcome(job, out);
+        if (out.result == SendResult::transient && index + 1 < providers_.size()) {
+            job->rec.events.push_back({"provider_failed", now_ms(), p->name(), out.code, out.reason});
+            send(job, index + 1);
+            return;
+        }
+        outcome(job, p->name(), out);
     });
 }
 
-void Delivery::outcome(std::shared_ptr<Job> job, const SendOutcome &out) {
+void Delivery::outcome(std::shared_ptr<Job> job, const std::string &provider, const SendOutcome &out) {
     const QueueEntry &e = job->entry;
     RecordUpdate &rec = job->rec;
     switch (out.result) {
     case SendResult::sent:
         rec.status = "sent";
-        rec.events.push_back({"sent", now_ms(), "smtp", out.code, ""});
+        rec.events.push_back({"sent", now_ms(), provider, out.code, ""});
         record(job, [this, job] { finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); }); });
         return;
     case SendResult::permanent:
         rec.status = "failed";
-        rec.events.push_back({"failed", now_ms(), "smtp", out.code, out.reason});
+        rec.events.push_back({"failed", now_ms(), provider, out.code, out.reason});
         record(job, [this, job] { finish(job, [this, job](Queue::Done d) { queue_->ack(job->entry, d); }); });
         return;
     case SendResult::transient:
@@ -163,7 +171,7 @@ void Delivery::outcome(std::shared_ptr<Job> job, const SendOutcome &out) {
         return;
     }
     rec.status = "queued";
-    rec.events.push_back({"deferred", now_ms(), "smtp", out.code, out.reason});
+    rec.events.push_back({"deferred", now_ms(), provider, out.code, out.reason});
     record(job, [this, job, due, attempts] {
         finish(job, [this, job, due, attempts](Queue::Done d) { queue_->defer(job->entry, due, attempts, d); });
     });

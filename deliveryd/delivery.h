@@ -11,13 +11,13 @@
 
 #include "crypto.h"
 #include "queue.h"
-#include "smtp.h"
+#include "provider.h"
 #include "store.h"
 
 class Delivery {
 public:
     Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store, Queue *&queue,
-             SmtpProvider &smtp);
+             std::vector<Provider *> providers);
     ~Delivery();
 
     void handle(QueueEntry entry, bool claimed);
@@ -27,8 +27,8 @@ public:
 private:
     struct Job;
     void decide(std::shared_ptr<Job> job);
-    void send(std::shared_ptr<Job> job);
-    void outcome(std::shared_ptr<Job> job, const SendOutcome &out);
+    void send(std::shared_ptr<Job> job, size_t provider);
+    void outcome(std::shared_ptr<Job> job, const std::string &provider, const SendOutcome &out);
     void give_up(std::shared_ptr<Job> job, const std::string &reason, int code);
     // Writes the record, retrying while the store is down, then runs `next`.
     void record(std::shared_ptr<Job> job, std::function<void()> next);
@@ -41,6 +41,6 @@ private:
     const mailapi::Keyring &keyring_;
     Store &store_;
     Queue *&queue_;
-    SmtpProvider &smtp_;
+    std::vector<Provider *> providers_;
     std::unordered_set<std::string> in_flight_;  // stream ids being worked on
 };

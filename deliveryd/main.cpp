@@ -20,6 +20,7 @@
 #include "log.h"
 #include "notify.h"
 #include "queue.h"
+#include "http_provider.h"
 #include "smtp.h"
 #include "store.h"
 
@@ -88,6 +89,28 @@ int replay_dead(const Config &cfg, long count) {
     return rc;
 }
 
+std::vector<std::unique_ptr<Provider>> make_providers(const Config &cfg, CurlMulti &multi) {
+    std::vector<std::unique_ptr<Provider>> out;
+    for (const std::string &name : cfg.providers) {
+        if (name == "smtp") {
+            out.push_back(std::make_unique<SmtpProvider>(cfg, multi));
+        } else if (name == "sendgrid") {
+            out.push_back(std::make_unique<HttpProvider>(HttpProvider::Kind::sendgrid, cfg.sendgrid_url,
+                                                         cfg.sendgrid_api_key, cfg, multi));
+        } else {
+            out.push_back(std::make_unique<HttpProvider>(HttpProvider::Kind::http, cfg.http_url, cfg.http_token,
+                                                         cfg, multi));
+        }
+    }
+    return out;
+}
+
+std::vector<Provider *> raw(const std::vector<std::unique_ptr<Provider>> &owned) {
+    std::vector<Provider *> out;
+    for (const auto &p : owned) out.push_back(p.get());
+    return out;
+}
+
 struct Daemon {
     struct ev_loop *loop;
     Config &cfg;
@@ -95,9 +118,9 @@ struct Daemon {
     std::string config_path;
     CurlMulti multi{loop, cfg.smtp_concurrency};
     Store store{loop, cfg};
-    SmtpProvider smtp{cfg, multi};
+    std::vector<std::unique_ptr<Provider>> providers = make_providers(cfg, multi);
     Queue *queue = nullptr;
-    Delivery delivery{loop, cfg, keyring, store, queue, smtp};
+    Delivery delivery{loop, cfg, keyring, store, queue, raw(providers)};
     std::unique_ptr<Queue> queue_owner;
     ev_signal sigterm, sigint, sighup;
     ev_timer drain;

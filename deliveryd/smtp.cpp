@@ -73,7 +73,7 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
 
 }  // namespace
 
-void SmtpProvider::send(const std::string &message_id, const mailapi::Message &msg,
+void SmtpProvider::send(const std::string &message_id, const std::string &, const mailapi::Message &msg,
                         std::function<void(SendOutcome)> done) {
     auto job = std::make_shared<SmtpSend>();
     if (job->easy == nullptr) {
@@ -135,13 +135,6 @@ void SmtpProvider::send(const std::string &message_id, const mailapi::Message &m
     }
     if (cfg_.smtp_starttls) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
 
-    in_flight_++;
-    bool added = multi_.add(c, [this, job, done](CURLcode rc) {
-        in_flight_--;
-        done(classify(rc, job->easy));
-    });
-    if (!added) {
-        in_flight_--;
-        done({SendResult::transient, 0, "cannot start transfer"});
-    }
+    bool added = multi_.add(c, [job, done](CURLcode rc) { done(classify(rc, job->easy)); });
+    if (!added) done({SendResult::transient, 0, "cannot start transfer"});
 }

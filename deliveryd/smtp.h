@@ -9,24 +9,18 @@
 #include "config.h"
 #include "curl_multi.h"
 #include "message.h"
+#include "provider.h"
 
-enum class SendResult { sent, permanent, transient };
-
-struct SendOutcome {
-    SendResult result = SendResult::transient;
-    int code = 0;        // last SMTP reply or HTTP status, 0 when none
-    std::string reason;  // short, never personal data
-};
-
-class SmtpProvider {
+class SmtpProvider : public Provider {
 public:
     SmtpProvider(const Config &cfg, CurlMulti &multi) : cfg_(cfg), multi_(multi) {}
 
-    void send(const std::string &message_id, const mailapi::Message &msg, std::function<void(SendOutcome)> done);
-    int in_flight() const { return in_flight_; }
+    const std::string &name() const override { return name_; }
+    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+              std::function<void(SendOutcome)> done) override;
 
 private:
+    const std::string name_ = "smtp";
     const Config &cfg_;
     CurlMulti &multi_;
-    int in_flight_ = 0;
 };

@@ -1,0 +1,26 @@
+// What every way of sending has in common. A provider classifies its own
+// failures: permanent (this message will never go through it: no failover,
+// no retry) or transient (try the next provider, retry later).
+#pragma once
+#include <functional>
+#include <string>
+
+#include "message.h"
+
+enum class SendResult { sent, permanent, transient };
+
+struct SendOutcome {
+    SendResult result = SendResult::transient;
+    int code = 0;        // SMTP reply or HTTP status, 0 when none
+    std::string reason;  // short, never personal data
+};
+
+class Provider {
+public:
+    virtual ~Provider() = default;
+    virtual const std::string &name() const = 0;
+    // Our message id travels with the message (Message-ID, custom args) so
+    // the provider's events can be matched to it.
+    virtual void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+                      std::function<void(SendOutcome)> done) = 0;
+};
