@@ -194,6 +194,21 @@ class Stack:
                                         "--listen", f"127.0.0.1:{port}", "--maildir", self.maildir], port)
         return self.smtp
 
+    def start_standin(self, port=None):
+        """The hosted providers' stand-in (t/provider_standin.py)."""
+        port = port or free_port()
+        self.standin_keys = {"sendgrid": "SG." + os.urandom(12).hex(), "http": os.urandom(12).hex()}
+        self.standin = self.spawn("standin", ["/usr/bin/python3", os.path.join(ROOT, "t", "provider_standin.py"),
+                                              "--listen", f"127.0.0.1:{port}",
+                                              "--sendgrid-key", self.standin_keys["sendgrid"],
+                                              "--http-token", self.standin_keys["http"]], port)
+        return self.standin
+
+    def standin_conf(self):
+        base = f"http://127.0.0.1:{self.standin.port}"
+        return {"sendgrid_url": base, "sendgrid_api_key": self.standin_keys["sendgrid"],
+                "http_url": base + "/generic", "http_token": self.standin_keys["http"]}
+
     def deliveryd_conf(self, **overrides):
         conf = {
             "redis": f"127.0.0.1:{self.redis.port}",

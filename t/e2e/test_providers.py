@@ -1,0 +1,87 @@
+"""Providers and failover, against the stand-in for the hosted APIs."""
+import time
+
+import pytest
+import requests
+
+import stack as stackmod
+from conftest import Api, Mailbox, message
+
+
+@pytest.fixture
+def providers(tmp_path):
+    s = stackmod.Stack(str(tmp_path))
+    key = s.add_key("p", "acme", "send+read")
+    s.start_redis()
+    s.start_ferretdb()
+    s.start_smtp()
+    s.start_standin()
+    s.start_deliveryd(providers="sendgrid,smtp", **s.standin_conf())
+    s.start_nginx()
+    control = f"http://127.0.0.1:{s.standin.port}"
+    yield s, Api(f"http://127.0.0.1:{s.nginx.port}"), key.token(), control
+    s.stop_all()
+
+
+def received(control, name):
+    return requests.get(f"{control}/_received/{name}", timeout=5).json()
+
+
+def test_first_provider_gets_the_mail_in_its_documented_format(providers):
+    s, api, token, control = providers
+    mid = api.send(message("first@example.org", cc=["c@example.org"], metadata={"order": "7"}), token).json()["id"]
+    rec = api.wait_status(mid, token, "sent")
+    assert rec["events"][-1]["provider"] == "sendgrid" and rec["events"][-1]["code"] == 202
+    body = [b for b in received(control, "sendgrid") if b["personalizations"][0]["custom_args"]["mailapi_id"] == mid]
+    assert len(body) == 1
+    p = body[0]["personalizations"][0]
+    assert p["to"] == [{"email": "first@example.org"}] and p["cc"] == [{"email": "c@example.org"}]
+    assert p["custom_args"]["order"] == "7"
+    assert body[0]["from"] == {"email": "sender@example.com"} and body[0]["subject"] == "Hello"
+    assert body[0]["content"] == [{"type": "text/plain", "value": "Hello there"}]
+    assert Mailbox(s.maildir).count(mid) == 0  # not also sent by SMTP
+
+
+@pytest.mark.parametrize("failure", [{"status": 500}, {"status": 429}, {"mode": "reset"}, {"status": 401}])
+def test_a_failing_provider_is_invisible(providers, failure):
+    s, api, token, control = providers
+    requests.post(f"{control}/_control/sendgrid", json=dict(failure, count=-1), timeout=5)
+    ids = [api.send(message(f"fo{i}@example.org"), token).json()["id"] for i in range(5)]
+    for mid in ids:
+        rec = api.wait_status(mid, token, "sent")
+        types = [(e["type"], e.get("provider")) for e in rec["events"]]
+        assert types == [("queued", None), ("provider_failed", "sendgrid"), ("sent", "smtp")], types
+    counts = Mailbox(s.maildir).counts()
+    assert all(counts.get(mid) == 1 for mid in ids)
+
+
+def test_provider_timeout_fails_over(providers):
+    s, api, token, control = providers
+    requests.post(f"{control}/_control/sendgrid", json={"mode": "timeout", "count": 1}, timeout=5)
+    t0 = time.time()
+    mid = api.send(message("slowprovider@example.org"), token).json()["id"]
+    rec = api.wait_status(mid, token, "sent", timeout=20)
+    assert rec["events"][-1]["provider"] == "smtp"
+    assert rec["events"][1]["type"] == "provider_failed" and "Timeout" in rec["events"][1]["reason"]
+    assert time.time() - t0 < 12  # send_timeout 4 s, not the stand-in's 30 s
+
+
+def test_permanent_error_does_not_fail_over(providers):
+    s, api, token, control = providers
+    requests.post(f"{control}/_control/sendgrid", json={"status": 400, "count": -1}, timeout=5)
+    mid = api.send(message("bad@example.org"), token).json()["id"]
+    rec = api.wait_status(mid, token, "failed")
+    assert [(e["type"], e.get("provider"), e.get("code")) for e in rec["events"]] == \
+        [("queued", None, None), ("failed", "sendgrid", 400)]
+    time.sleep(1)
+    assert Mailbox(s.maildir).count(mid) == 0
+
+
+def test_all_providers_down_retries_then_recovers(providers):
+    s, api, token, control = providers
+    requests.post(f"{control}/_control/sendgrid", json={"status": 503, "count": 2}, timeout=5)
+    mid = api.send(message("tempfail+x@example.org"), token).json()["id"]  # SMTP refuses this one with 451
+    rec = api.wait_status(mid, token, "sent", timeout=30)
+    types = [(e["type"], e.get("provider")) for e in rec["events"]]
+    assert types[0] == ("queued", None) and types[-1] == ("sent", "sendgrid")
+    assert ("deferred", "smtp") in types and ("provider_failed", "sendgrid") in types
