@@ -23,6 +23,10 @@ struct Config {
     std::string sendgrid_api_key;
     std::string http_url;
     std::string http_token;
+    int breaker_window = 20;                  // outcomes a provider's circuit breaker looks at
+    int breaker_min_requests = 10;            // no opening on fewer
+    int breaker_threshold = 50;               // percent transient failures that open it
+    int breaker_cooldown = 30;                // seconds open before one probe message
     int batch = 64;                           // entries read at a time
     int retry_interval = 30;                  // seconds between sweeps of unfinished entries
     int claim_idle = 120;                     // seconds before another consumer's entry is taken over (> send_timeout)

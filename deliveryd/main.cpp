@@ -20,6 +20,7 @@
 #include "log.h"
 #include "notify.h"
 #include "queue.h"
+#include "breaker.h"
 #include "http_provider.h"
 #include "smtp.h"
 #include "store.h"
@@ -89,18 +90,21 @@ int replay_dead(const Config &cfg, long count) {
     return rc;
 }
 
-std::vector<std::unique_ptr<Provider>> make_providers(const Config &cfg, CurlMulti &multi) {
+std::vector<std::unique_ptr<Provider>> make_providers(struct ev_loop *loop, const Config &cfg, CurlMulti &multi) {
     std::vector<std::unique_ptr<Provider>> out;
+    BreakerSettings b{cfg.breaker_window, cfg.breaker_min_requests, cfg.breaker_threshold / 100.0,
+                      static_cast<double>(cfg.breaker_cooldown)};
     for (const std::string &name : cfg.providers) {
+        std::unique_ptr<Provider> p;
         if (name == "smtp") {
-            out.push_back(std::make_unique<SmtpProvider>(cfg, multi));
+            p = std::make_unique<SmtpProvider>(cfg, multi);
         } else if (name == "sendgrid") {
-            out.push_back(std::make_unique<HttpProvider>(HttpProvider::Kind::sendgrid, cfg.sendgrid_url,
-                                                         cfg.sendgrid_api_key, cfg, multi));
+            p = std::make_unique<HttpProvider>(HttpProvider::Kind::sendgrid, cfg.sendgrid_url, cfg.sendgrid_api_key,
+                                               cfg, multi);
         } else {
-            out.push_back(std::make_unique<HttpProvider>(HttpProvider::Kind::http, cfg.http_url, cfg.http_token,
-                                                         cfg, multi));
+            p = std::make_unique<HttpProvider>(HttpProvider::Kind::http, cfg.http_url, cfg.http_token, cfg, multi);
         }
+        out.push_back(std::make_unique<Breaker>(loop, std::move(p), b));
     }
     return out;
 }
@@ -118,7 +122,7 @@ struct Daemon {
     std::string config_path;
     CurlMulti multi{loop, cfg.smtp_concurrency};
     Store store{loop, cfg};
-    std::vector<std::unique_ptr<Provider>> providers = make_providers(cfg, multi);
+    std::vector<std::unique_ptr<Provider>> providers = make_providers(loop, cfg, multi);
     Queue *queue = nullptr;
     Delivery delivery{loop, cfg, keyring, store, queue, raw(providers)};
     std::unique_ptr<Queue> queue_owner;

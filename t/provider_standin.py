@@ -9,6 +9,7 @@ as each documents, and it can be told to fail.
                           -1 = until told otherwise), {"mode": "timeout"|"reset"},
                           {"mode": "ok"}
   GET  /_received/NAME    the JSON bodies accepted so far
+  GET  /_requests/NAME    how many authorised requests arrived, failed or not
 """
 import argparse
 import json
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATE = {"sendgrid": {"mode": "ok"}, "generic": {"mode": "ok"}}
 RECEIVED = {"sendgrid": [], "generic": []}
+REQUESTS = {"sendgrid": 0, "generic": 0}  # every authorised request, failed or not
 LOCK = threading.Lock()
 KEYS = {}
 
@@ -73,6 +75,9 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self):
+        if self.path.startswith("/_requests/"):
+            with LOCK:
+                return self.reply(200, {"count": REQUESTS.get(self.path.split("/")[-1], 0)})
         if self.path.startswith("/_received/"):
             with LOCK:
                 return self.reply(200, RECEIVED.get(self.path.split("/")[-1], []))
@@ -91,6 +96,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body()
         if self.headers.get("Authorization") != "Bearer " + KEYS[name]:
             return self.reply(401, {"errors": [{"message": "The provided authorization grant is invalid"}]})
+        with LOCK:
+            REQUESTS[name] += 1
         if self.scripted_failure(name):
             return
         if body is None:

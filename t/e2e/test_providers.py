@@ -85,3 +85,32 @@ def test_all_providers_down_retries_then_recovers(providers):
     types = [(e["type"], e.get("provider")) for e in rec["events"]]
     assert types[0] == ("queued", None) and types[-1] == ("sent", "sendgrid")
     assert ("deferred", "smtp") in types and ("provider_failed", "sendgrid") in types
+
+
+def test_circuit_breaker_opens_then_probes_with_a_real_message(tmp_path):
+    s = stackmod.Stack(str(tmp_path))
+    token = s.add_key("p", "acme", "send+read").token()
+    try:
+        s.start_redis(); s.start_ferretdb(); s.start_smtp(); s.start_standin()
+        s.start_deliveryd(providers="sendgrid,smtp", breaker_window="10", breaker_min_requests="4",
+                          breaker_threshold="50", breaker_cooldown="2", max_in_flight="1", **s.standin_conf())
+        s.start_nginx()
+        api, control = Api(f"http://127.0.0.1:{s.nginx.port}"), f"http://127.0.0.1:{s.standin.port}"
+        requests.post(f"{control}/_control/sendgrid", json={"status": 503, "count": -1}, timeout=5)
+        ids = [api.send(message(f"cb{i}@example.org"), token).json()["id"] for i in range(12)]
+        for mid in ids:
+            api.wait_status(mid, token, "sent")
+        tried = requests.get(f"{control}/_requests/sendgrid", timeout=5).json()["count"]
+        assert tried == 4, f"the circuit should open after 4 failures, sendgrid saw {tried} requests"
+        skipped = [api.get(mid, token).json()["events"][1]["reason"] for mid in ids[4:]]
+        assert skipped == ["circuit open"] * 8
+        assert '"msg":"circuit breaker","provider":"sendgrid","state":"open"' in open(f"{s.dir}/deliveryd.log").read()
+
+        requests.post(f"{control}/_control/sendgrid", json={"mode": "ok"}, timeout=5)
+        time.sleep(2.2)  # cooldown: the next message is the probe
+        probe = api.send(message("probe@example.org"), token).json()["id"]
+        assert api.wait_status(probe, token, "sent")["events"][-1]["provider"] == "sendgrid"
+        after = api.send(message("after@example.org"), token).json()["id"]
+        assert api.wait_status(after, token, "sent")["events"][-1]["provider"] == "sendgrid"
+    finally:
+        s.stop_all()
