@@ -31,16 +31,17 @@ void Breaker::send(const std::string &message_id, const std::string &tenant, con
     if (state_ == State::open && ev_now(loop_) - opened_at_ >= settings_.cooldown) set_state(State::half_open);
     bool probe = false;
     if (state_ == State::open || (state_ == State::half_open && probing_)) {
-        done({SendResult::transient, 0, "circuit open"});
+        SendOutcome skipped{SendResult::transient, 0, "circuit open", false, true};
+        done(skipped);
         return;
     }
     if (state_ == State::half_open) probing_ = probe = true;
     inner_->send(message_id, tenant, msg, [this, probe, done](SendOutcome out) {
-        bool failed = out.result == SendResult::transient;
+        bool failed = out.provider_fault;  // a refused recipient says nothing about the provider
         if (probe) {
             probing_ = false;
             set_state(failed ? State::open : State::closed);
-        } else if (out.result != SendResult::permanent) {
+        } else {
             record(failed);
         }
         done(out);

@@ -37,6 +37,7 @@ void timer_cb(struct ev_loop *loop, ev_timer *w, int) {
 struct Delivery::Job {
     QueueEntry entry;
     bool claimed = false;
+    bool tried = false;  // some provider was really asked (not all circuits open)
     mailapi::Message msg;
     RecordUpdate rec;
 };
@@ -130,9 +131,19 @@ void Delivery::send(std::shared_ptr<Job> job, size_t index) {
                  {{"id", job->entry.id}, {"tenant", job->entry.tenant}, {"provider", p->name()},
                   {"code", std::to_string(out.code)}, {"ms", std::to_string(now_ms() - started)},
                   {"attempt", std::to_string(job->entry.attempt + 1)}, {"reason", out.reason}});
+        job->tried |= !out.skipped;
         if (out.result == SendResult::transient && index + 1 < providers_.size()) {
             job->rec.events.push_back({"provider_failed", now_ms(), p->name(), out.code, out.reason});
             send(job, index + 1);
+            return;
+        }
+        if (!job->tried) {
+            // every circuit is open: wait for a cooldown, without spending an attempt
+            job->rec.events.clear();
+            int64_t due = now_ms() + static_cast<int64_t>(cfg_.breaker_cooldown) * 1000;
+            finish(job, [this, job, due](Queue::Done d) {
+                queue_->defer(job->entry, due, job->entry.attempt, d);
+            });
             return;
         }
         outcome(job, p->name(), out);

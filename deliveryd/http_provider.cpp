@@ -95,15 +95,16 @@ size_t collect(char *data, size_t size, size_t n, void *userp) {
 
 SendOutcome classify_http(int curl_code, long status) {
     if (curl_code != CURLE_OK) {
-        return {SendResult::transient, 0, curl_easy_strerror(static_cast<CURLcode>(curl_code))};
+        return {SendResult::transient, 0, curl_easy_strerror(static_cast<CURLcode>(curl_code)), true};
     }
-    if (status >= 200 && status < 300) return {SendResult::sent, static_cast<int>(status), ""};
+    int code = static_cast<int>(status);
+    if (status >= 200 && status < 300) return {SendResult::sent, code, ""};
     std::string reason = "http " + std::to_string(status);
-    if (status == 429 || status >= 500) return {SendResult::transient, static_cast<int>(status), reason};
+    if (status == 429 || status >= 500) return {SendResult::transient, code, reason, true};
     if (status == 401 || status == 403) {
-        return {SendResult::transient, static_cast<int>(status), reason + ": our credentials were refused"};
+        return {SendResult::transient, code, reason + ": our credentials were refused", true};
     }
-    return {SendResult::permanent, static_cast<int>(status), reason};
+    return {SendResult::permanent, code, reason};
 }
 
 HttpProvider::HttpProvider(Kind kind, std::string url, std::string secret, const Config &cfg, CurlMulti &multi)

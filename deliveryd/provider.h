@@ -13,6 +13,11 @@ struct SendOutcome {
     SendResult result = SendResult::transient;
     int code = 0;        // SMTP reply or HTTP status, 0 when none
     std::string reason;  // short, never personal data
+    // The provider itself is in trouble (unreachable, timing out, 5xx, 429,
+    // refusing our credentials), as opposed to this message or recipient:
+    // only these count toward its circuit breaker.
+    bool provider_fault = false;
+    bool skipped = false;  // not tried: the provider's circuit is open
 };
 
 class Provider {

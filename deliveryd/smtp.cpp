@@ -67,6 +67,9 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
     } else {
         out.result = SendResult::transient;  // 4xx, network, timeouts, our own credentials
         out.reason = curl_easy_strerror(rc);
+        // no reply, 421 (service unavailable) or our login refused: the server's
+        // trouble; other 4xx (greylisting, a full mailbox) are the recipient's
+        out.provider_fault = code == 0 || code == 421 || rc == CURLE_LOGIN_DENIED;
     }
     return out;
 }

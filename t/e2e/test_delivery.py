@@ -61,6 +61,8 @@ def test_gives_up_into_the_dead_letters_then_replays(stack, api, keys, redis_cli
             break
         time.sleep(0.5)
     assert [e["type"] for e in events].count("deferred") == 6 and events[-1]["type"] == "failed"
+    # a recipient's 451s say nothing about the SMTP server: its circuit stays closed
+    assert '"msg":"circuit breaker"' not in open(os.path.join(stack.dir, "deliveryd.log")).read()
 
 
 def test_send_at_waits(api, keys, inbox):
