@@ -23,6 +23,7 @@ struct Config {
     std::string sendgrid_api_key;
     std::string http_url;
     std::string http_token;
+    std::string admin_listen = "127.0.0.1:9464";  // /metrics and /healthz; "off" for none
     int breaker_window = 20;                  // outcomes a provider's circuit breaker looks at
     int breaker_min_requests = 10;            // no opening on fewer
     int breaker_threshold = 50;               // percent transient failures that open it

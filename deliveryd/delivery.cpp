@@ -6,6 +6,7 @@
 #include <random>
 
 #include "log.h"
+#include "metrics.h"
 
 namespace {
 
@@ -43,8 +44,9 @@ struct Delivery::Job {
 };
 
 Delivery::Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store,
-                   Queue *&queue, std::vector<Provider *> providers)
-    : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), providers_(std::move(providers)) {}
+                   Queue *&queue, std::vector<Provider *> providers, Metrics &metrics)
+    : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), providers_(std::move(providers)),
+      metrics_(metrics) {}
 
 Delivery::~Delivery() = default;
 
@@ -132,6 +134,11 @@ void Delivery::send(std::shared_ptr<Job> job, size_t index) {
                   {"code", std::to_string(out.code)}, {"ms", std::to_string(now_ms() - started)},
                   {"attempt", std::to_string(job->entry.attempt + 1)}, {"reason", out.reason}});
         job->tried |= !out.skipped;
+        if (!out.skipped) metrics_.observe(static_cast<double>(now_ms() - started) / 1000.0);
+        metrics_.count(p->name(), out.skipped                             ? "skipped"
+                                  : out.result == SendResult::sent      ? "sent"
+                                  : out.result == SendResult::permanent ? "rejected"
+                                                                        : "transient");
         if (out.result == SendResult::transient && index + 1 < providers_.size()) {
             job->rec.events.push_back({"provider_failed", now_ms(), p->name(), out.code, out.reason});
             send(job, index + 1);

@@ -17,7 +17,7 @@
 class Delivery {
 public:
     Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store, Queue *&queue,
-             std::vector<Provider *> providers);
+             std::vector<Provider *> providers, struct Metrics &metrics);
     ~Delivery();
 
     void handle(QueueEntry entry, bool claimed);
@@ -42,5 +42,6 @@ private:
     Store &store_;
     Queue *&queue_;
     std::vector<Provider *> providers_;
+    struct Metrics &metrics_;
     std::unordered_set<std::string> in_flight_;  // stream ids being worked on
 };

@@ -20,7 +20,9 @@
 #include "log.h"
 #include "notify.h"
 #include "queue.h"
+#include "admin.h"
 #include "breaker.h"
+#include "metrics.h"
 #include "http_provider.h"
 #include "smtp.h"
 #include "store.h"
@@ -123,8 +125,13 @@ struct Daemon {
     CurlMulti multi{loop, cfg.smtp_concurrency};
     Store store{loop, cfg};
     std::vector<std::unique_ptr<Provider>> providers = make_providers(loop, cfg, multi);
+    Metrics metrics;
     Queue *queue = nullptr;
-    Delivery delivery{loop, cfg, keyring, store, queue, raw(providers)};
+    Delivery delivery{loop, cfg, keyring, store, queue, raw(providers), metrics};
+    Admin admin{loop, [this](const std::string &path, int &status, std::string &type) {
+                    return serve(path, status, type);
+                }};
+    ev_timer sampler;
     std::unique_ptr<Queue> queue_owner;
     ev_signal sigterm, sigint, sighup;
     ev_timer drain;
@@ -149,6 +156,36 @@ struct Daemon {
         }
         ev_timer_init(&drain, on_drain, 0.05, 0.05);
         drain.data = this;
+        ev_timer_init(&sampler, on_sample, 0, 2);
+        sampler.data = this;
+        ev_timer_start(loop, &sampler);
+    }
+
+    static void on_sample(struct ev_loop *, ev_timer *w, int) {
+        auto *d = static_cast<Daemon *>(w->data);
+        d->queue->sample(d->metrics);
+    }
+
+    std::string serve(const std::string &path, int &status, std::string &type) {
+        if (path == "/metrics") {
+            metrics.in_flight = delivery.in_flight();
+            for (const auto &p : providers) {
+                metrics.breaker[p->name()] = static_cast<int>(static_cast<Breaker *>(p.get())->state());
+            }
+            status = 200;
+            type = "text/plain; version=0.0.4";
+            return metrics.render();
+        }
+        if (path == "/healthz") {
+            bool redis = queue->connected(), mongo = store.healthy();
+            status = redis && mongo && !stopping_since ? 200 : 503;
+            type = "application/json";
+            return std::string("{\"status\":\"") + (status == 200 ? "ok" : "degraded") + "\",\"redis\":\"" +
+                   (redis ? "up" : "down") + "\",\"store\":\"" + (mongo ? "up" : "down") + "\",\"stopping\":" +
+                   (stopping_since ? "true" : "false") + "}\n";
+        }
+        status = 404;
+        return "not found\n";
     }
 
     static void on_stop(struct ev_loop *loop, ev_signal *w, int) {
@@ -228,6 +265,10 @@ int main(int argc, char **argv) {
     struct ev_loop *loop = ev_default_loop(0);
     {
         Daemon daemon(loop, cfg, keyring, config_path);
+        if (cfg.admin_listen != "off" && !daemon.admin.listen(cfg.admin_listen, err)) {
+            std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
+            return 1;
+        }
         daemon.queue->start();
         log_info("started", {{"consumer", cfg.consumer}, {"stream", cfg.stream},
                              {"max_in_flight", std::to_string(cfg.max_in_flight)}});

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "log.h"
+#include "metrics.h"
 
 namespace {
 
@@ -194,4 +195,22 @@ void Queue::dead_letter(const QueueEntry &e, const std::string &error, Done done
     args.push_back("error");
     args.push_back(error);
     if (!cmd_.command(args, [done](redisReply *r) { done(ok_reply(r)); })) done(false);
+}
+
+void Queue::sample(Metrics &m) {
+    auto integer = [](redisReply *r, int64_t &out) {
+        if (r && r->type == REDIS_REPLY_INTEGER) out = r->integer;
+    };
+    cmd_.command({"XLEN", cfg_.stream}, [&m, integer](redisReply *r) { integer(r, m.queue_length); });
+    cmd_.command({"ZCARD", cfg_.scheduled}, [&m, integer](redisReply *r) { integer(r, m.scheduled); });
+    cmd_.command({"XLEN", cfg_.dead_letters}, [&m, integer](redisReply *r) { integer(r, m.dead_letters); });
+    cmd_.command({"XPENDING", cfg_.stream, cfg_.group}, [&m](redisReply *r) {
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2) return;
+        m.queue_pending = r->element[0]->type == REDIS_REPLY_INTEGER ? r->element[0]->integer : 0;
+        m.oldest_age_seconds = 0;
+        if (m.queue_pending > 0 && r->element[1]->type == REDIS_REPLY_STRING) {
+            // a stream id starts with its creation time in milliseconds
+            m.oldest_age_seconds = static_cast<double>(now_ms() - std::atoll(r->element[1]->str)) / 1000.0;
+        }
+    });
 }

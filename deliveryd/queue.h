@@ -40,6 +40,9 @@ public:
     void ack(const QueueEntry &e, Done done);
     void defer(const QueueEntry &e, int64_t due_ms, int attempt, Done done);
     void dead_letter(const QueueEntry &e, const std::string &error, Done done);
+    // Queue depth, pending, scheduled, dead letters and the oldest entry's age.
+    void sample(struct Metrics &m);
+    bool connected() const { return cmd_.connected() && reader_.connected(); }
 
 private:
     static void mover_cb(struct ev_loop *, ev_timer *w, int);

@@ -319,6 +319,7 @@ void Store::run() {
             std::lock_guard<std::mutex> lock(mu_);
             for (auto &op : batch) done_.push_back(std::move(op));
         }
+        healthy_ = !failed;
         ev_async_send(loop_, &async_);
         if (failed) {
             // the store is down: do not spin; callers retry what failed

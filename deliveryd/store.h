@@ -5,6 +5,7 @@
 #include <ev.h>
 #include <mongoc/mongoc.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -47,6 +48,7 @@ public:
 
     void write(RecordUpdate rec, WriteDone done);
     void status(const std::string &id, StatusDone done);
+    bool healthy() const { return healthy_; }  // the last batch went through
 
 private:
     struct Op {
@@ -70,6 +72,7 @@ private:
     std::condition_variable cv_;
     std::deque<std::unique_ptr<Op>> todo_, done_;
     bool stop_ = false;
+    std::atomic<bool> healthy_{true};
     // the writer thread's own
     mongoc_client_t *client_ = nullptr;
     mongoc_collection_t *coll_ = nullptr;

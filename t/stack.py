@@ -222,16 +222,19 @@ class Stack:
             "max_attempts": "4",
             "send_timeout": "4",
             "shutdown_grace": "5",
+            "admin_listen": f"127.0.0.1:{free_port()}",
         }
         conf.update({k: str(v) for k, v in overrides.items()})
         return conf
 
     def start_deliveryd(self, name="deliveryd", **overrides):
         path = os.path.join(self.dir, name + ".conf")
+        conf = self.deliveryd_conf(**overrides)
         with open(path, "w") as f:
-            for k, v in self.deliveryd_conf(**overrides).items():
+            for k, v in conf.items():
                 f.write(f"{k} {v}\n")
         proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
+        proc.admin = "http://" + conf["admin_listen"]
         deadline = time.time() + 30
         while '"msg":"started"' not in proc.log_tail(200):
             if not proc.alive() or time.time() > deadline:

@@ -180,3 +180,33 @@ def _wait_202(api, key):
             return True
         time.sleep(0.3)
     raise AssertionError("nginx did not recover from the Redis restart")
+
+
+def test_metrics_and_health(crash_stack):
+    import requests
+    s, key, api = crash_stack
+    d = s.start_deliveryd()
+    ids = send_many(api, key.token(), 20, "m")
+    ids.append(api.send(message(rcpt_with("reject")), key.token()).json()["id"])
+    wait_terminal(s, ids[:-1])
+    time.sleep(2.5)  # one sampling period
+    text = requests.get(d.admin + "/metrics", timeout=5).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['deliveryd_sends_total{provider="smtp",outcome="sent"}'] == 20
+    assert values['deliveryd_sends_total{provider="smtp",outcome="rejected"}'] == 1
+    assert values['deliveryd_send_seconds_count'] == 21
+    assert values['deliveryd_send_seconds_bucket{le="+Inf"}'] == 21
+    assert values['deliveryd_breaker_state{provider="smtp"}'] == 0
+    assert values["deliveryd_queue_messages"] >= 21 and values["deliveryd_queue_pending"] == 0
+    assert values["deliveryd_in_flight"] == 0 and values["deliveryd_dead_letters"] == 0
+    assert "example.org" not in text  # no addresses, anywhere
+    h = requests.get(d.admin + "/healthz", timeout=5)
+    assert h.status_code == 200 and h.json() == {"status": "ok", "redis": "up", "store": "up", "stopping": False}
+    s.redis.stop()
+    time.sleep(0.5)
+    h = requests.get(d.admin + "/healthz", timeout=5)
+    assert h.status_code == 503 and h.json()["redis"] == "down"
