@@ -70,6 +70,9 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
         if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
     } else if (name == "claim_idle") {
         if (!set_int(v, 1, 86400, c.claim_idle)) return "claim_idle must be 1..86400 seconds";
+    } else if (name == "smtp_rate" || name == "sendgrid_rate" || name == "http_rate") {
+        int &r = name == "smtp_rate" ? c.smtp_rate : name == "sendgrid_rate" ? c.sendgrid_rate : c.http_rate;
+        if (!set_int(v, 0, 1000000, r)) return name + " must be 0 (unlimited)..1000000 per second";
     } else if (name == "admin_listen") {
         c.admin_listen = v;
     } else if (name == "breaker_window") {
@@ -109,7 +112,7 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
 const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
                              "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls", "smtp_concurrency",
                              "message_id_domain", "providers", "sendgrid_url", "sendgrid_api_key",
-                             "sendgrid_api_key_file", "http_url", "http_token", "http_token_file", "admin_listen", "breaker_window", "breaker_min_requests",
+                             "sendgrid_api_key_file", "http_url", "http_token", "http_token_file", "smtp_rate", "sendgrid_rate", "http_rate", "admin_listen", "breaker_window", "breaker_min_requests",
                              "breaker_threshold", "breaker_cooldown", "batch", "retry_interval", "claim_idle", "max_in_flight",
                              "send_timeout", "retry_base", "retry_max_delay", "max_attempts", "max_age",
                              "shutdown_grace", "scheduled", "dead_letters"};

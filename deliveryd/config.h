@@ -23,6 +23,8 @@ struct Config {
     std::string sendgrid_api_key;
     std::string http_url;
     std::string http_token;
+    // messages per second each provider may be sent (token bucket), 0 = unlimited
+    int smtp_rate = 0, sendgrid_rate = 0, http_rate = 0;
     std::string admin_listen = "127.0.0.1:9464";  // /metrics and /healthz; "off" for none
     int breaker_window = 20;                  // outcomes a provider's circuit breaker looks at
     int breaker_min_requests = 10;            // no opening on fewer

@@ -26,6 +26,7 @@
 #include "http_provider.h"
 #include "smtp.h"
 #include "store.h"
+#include "throttle.h"
 
 namespace {
 
@@ -98,6 +99,7 @@ std::vector<std::unique_ptr<Provider>> make_providers(struct ev_loop *loop, cons
                       static_cast<double>(cfg.breaker_cooldown)};
     for (const std::string &name : cfg.providers) {
         std::unique_ptr<Provider> p;
+        int rate = name == "smtp" ? cfg.smtp_rate : name == "sendgrid" ? cfg.sendgrid_rate : cfg.http_rate;
         if (name == "smtp") {
             p = std::make_unique<SmtpProvider>(cfg, multi);
         } else if (name == "sendgrid") {
@@ -106,6 +108,7 @@ std::vector<std::unique_ptr<Provider>> make_providers(struct ev_loop *loop, cons
         } else {
             p = std::make_unique<HttpProvider>(HttpProvider::Kind::http, cfg.http_url, cfg.http_token, cfg, multi);
         }
+        if (rate > 0) p = std::make_unique<Throttle>(loop, std::move(p), rate, rate);
         out.push_back(std::make_unique<Breaker>(loop, std::move(p), b));
     }
     return out;

@@ -114,3 +114,23 @@ def test_circuit_breaker_opens_then_probes_with_a_real_message(tmp_path):
         assert api.wait_status(after, token, "sent")["events"][-1]["provider"] == "sendgrid"
     finally:
         s.stop_all()
+
+
+def test_provider_rate_limit_is_respected(tmp_path):
+    s = stackmod.Stack(str(tmp_path))
+    token = s.add_key("p", "acme", "send+read").token()
+    try:
+        s.start_redis(); s.start_ferretdb(); s.start_smtp(); s.start_standin()
+        s.start_deliveryd(providers="http", http_rate="5", **s.standin_conf())
+        s.start_nginx()
+        api, control = Api(f"http://127.0.0.1:{s.nginx.port}"), f"http://127.0.0.1:{s.standin.port}"
+        t0 = time.time()
+        ids = [api.send(message(f"rl{i}@example.org"), token).json()["id"] for i in range(15)]
+        for mid in ids:
+            api.wait_status(mid, token, "sent")
+        elapsed = time.time() - t0
+        # 5 at once (the burst), then 5 a second: the last of 15 no sooner than 2 s in
+        assert elapsed >= 1.9, elapsed
+        assert requests.get(f"{control}/_requests/generic", timeout=5).json()["count"] == 15
+    finally:
+        s.stop_all()
