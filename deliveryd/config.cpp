@@ -83,8 +83,8 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
         if (!set_int(v, 1, 100, c.breaker_threshold)) return "breaker_threshold must be 1..100 (percent)";
     } else if (name == "breaker_cooldown") {
         if (!set_int(v, 1, 3600, c.breaker_cooldown)) return "breaker_cooldown must be 1..3600 seconds";
-    } else if (name == "smtp_concurrency") {
-        if (!set_int(v, 1, 1000, c.smtp_concurrency)) return "smtp_concurrency must be 1..1000";
+    } else if (name == "connections_per_host") {
+        if (!set_int(v, 1, 1000, c.connections_per_host)) return "connections_per_host must be 1..1000";
     } else if (name == "max_in_flight") {
         if (!set_int(v, 1, 100000, c.max_in_flight)) return "max_in_flight must be 1..100000";
     } else if (name == "send_timeout") {
@@ -110,7 +110,7 @@ std::string apply(Config &c, const std::string &name, const std::string &v) {
 }
 
 const char *const NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
-                             "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls", "smtp_concurrency",
+                             "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls", "connections_per_host",
                              "message_id_domain", "providers", "sendgrid_url", "sendgrid_api_key",
                              "sendgrid_api_key_file", "http_url", "http_token", "http_token_file", "smtp_rate", "sendgrid_rate", "http_rate", "admin_listen", "breaker_window", "breaker_min_requests",
                              "breaker_threshold", "breaker_cooldown", "batch", "retry_interval", "claim_idle", "max_in_flight",

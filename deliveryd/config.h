@@ -15,7 +15,7 @@ struct Config {
     std::string smtp_username;
     std::string smtp_password;                // prefer smtp_password_file
     bool smtp_starttls = false;               // require STARTTLS on smtp:// URLs
-    int smtp_concurrency = 16;                // connections to the SMTP server at once
+    int connections_per_host = 16;            // to one SMTP server or provider API at once; reused
     std::string message_id_domain = "mailapi.invalid";
     // Providers in failover order: a transient failure moves on to the next.
     std::vector<std::string> providers = {"smtp"};

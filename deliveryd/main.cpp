@@ -125,7 +125,7 @@ struct Daemon {
     Config &cfg;
     mailapi::Keyring &keyring;
     std::string config_path;
-    CurlMulti multi{loop, cfg.smtp_concurrency};
+    CurlMulti multi{loop, cfg.connections_per_host};
     Store store{loop, cfg};
     std::vector<std::unique_ptr<Provider>> providers = make_providers(loop, cfg, multi);
     Metrics metrics;

@@ -61,9 +61,16 @@ struct ngx_mail_api_auth_t {
 
 struct ngx_mail_api_query_t;
 
+// Takes a request body once read: answers, or returns NGX_DONE when it will
+// finish the request later.
+typedef ngx_int_t (*ngx_mail_api_body_pt)(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf,
+                                          const mailapi::ApiKey *key, const std::string &body);
+
 struct ngx_mail_api_ctx_t {
     const mailapi::ApiKey *key;
     ngx_mail_api_query_t *query;
+    size_t max_body;
+    ngx_mail_api_body_pt on_body;
 };
 
 // True with `auth` set; otherwise the request was answered and `rc` is what
@@ -74,6 +81,9 @@ bool ngx_mail_api_content_type_json(ngx_http_request_t *r) noexcept;
 // The body as one string, from memory buffers and, for large bodies, nginx's
 // temp file; NGX_HTTP_REQUEST_ENTITY_TOO_LARGE past `max`.
 ngx_int_t ngx_mail_api_body_string(ngx_http_request_t *r, size_t max, std::string &out);
+// Reads the body, at most `max` bytes (else a JSON 413), then calls on_body.
+ngx_int_t ngx_mail_api_read_body(ngx_http_request_t *r, const mailapi::ApiKey *key, size_t max,
+                                 ngx_mail_api_body_pt on_body) noexcept;
 // Finalizes a request from an event handler outside nginx's HTTP core.
 void ngx_mail_api_finish(ngx_http_request_t *r, ngx_int_t rc) noexcept;
 bool ngx_mail_api_add_header(ngx_http_request_t *r, const char *key, const std::string &value) noexcept;

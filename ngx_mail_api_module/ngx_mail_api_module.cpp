@@ -536,6 +536,49 @@ ngx_int_t ngx_mail_api_body_string(ngx_http_request_t *r, size_t max, std::strin
     return NGX_OK;
 }
 
+static ngx_int_t too_large(ngx_http_request_t *r, size_t max) {
+    return ngx_mail_api_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "too_large",
+                                   "the request body is larger than " + std::to_string(max) + " bytes");
+}
+
+static void body_read(ngx_http_request_t *r) noexcept {
+    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
+    ngx_int_t rc;
+    try {
+        std::string body;
+        rc = ngx_mail_api_body_string(r, ctx->max_body, body);
+        if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            rc = too_large(r, ctx->max_body);
+        } else if (rc == NGX_OK) {
+            rc = ctx->on_body(r, mcf, ctx->key, body);
+            if (rc == NGX_DONE) return;  // the handler finishes the request later
+        }
+    } catch (...) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_http_finalize_request(r, rc);
+}
+
+ngx_int_t ngx_mail_api_read_body(ngx_http_request_t *r, const mailapi::ApiKey *key, size_t max,
+                                 ngx_mail_api_body_pt on_body) noexcept {
+    try {
+        // refused before a byte of it is read, when the length is announced
+        if (r->headers_in.content_length_n > static_cast<off_t>(max)) return too_large(r, max);
+    } catch (...) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_pcalloc(r->pool, sizeof(ngx_mail_api_ctx_t)));
+    if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    ctx->key = key;
+    ctx->max_body = max;
+    ctx->on_body = on_body;
+    ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
+    ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
+    return NGX_DONE;
+}
+
 void ngx_mail_api_finish(ngx_http_request_t *r, ngx_int_t rc) noexcept {
     ngx_connection_t *c = r->connection;
     ngx_http_finalize_request(r, rc);
@@ -638,8 +681,9 @@ ngx_int_t handle_get(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, std::
 ngx_int_t handle_tokens_body(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const mailapi::ApiKey *key,
                              const std::string &body) {
     json_error_t jerr;
+    std::string_view json = body.empty() ? std::string_view("{}") : std::string_view(body);  // all defaults
     std::unique_ptr<json_t, void (*)(json_t *)> root(
-        json_loadb(body.data(), body.size(), JSON_REJECT_DUPLICATES, &jerr), [](json_t *j) { json_decref(j); });
+        json_loadb(json.data(), json.size(), JSON_REJECT_DUPLICATES, &jerr), [](json_t *j) { json_decref(j); });
     if (!root) return ngx_mail_api_send_error(r, NGX_HTTP_BAD_REQUEST, "invalid_json", "malformed JSON");
     if (!json_is_object(root.get())) {
         return ngx_mail_api_send_error(r, 422, "invalid_type", "the request body must be a JSON object");
@@ -695,24 +739,6 @@ ngx_int_t handle_tokens_body(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mc
     return ngx_mail_api_send_json(r, NGX_HTTP_CREATED, resp);
 }
 
-void tokens_body_read(ngx_http_request_t *r) noexcept {
-    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
-    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
-    ngx_int_t rc;
-    try {
-        std::string body;
-        rc = ngx_mail_api_body_string(r, 4096, body);
-        if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
-            rc = ngx_mail_api_send_error(r, rc, "too_large", "the request body is larger than 4096 bytes");
-        } else if (rc == NGX_OK) {
-            rc = handle_tokens_body(r, mcf, ctx->key, body.empty() ? std::string("{}") : body);
-        }
-    } catch (...) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ngx_http_finalize_request(r, rc);
-}
-
 ngx_int_t handle_tokens(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
     // HTTP Basic: key_id as the user, the key's base64 secret as the password.
     ngx_table_elt_t *h = r->headers_in.authorization;
@@ -741,13 +767,7 @@ ngx_int_t handle_tokens(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
         return ngx_mail_api_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                        "send Content-Type: application/json");
     }
-    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_pcalloc(r->pool, sizeof(ngx_mail_api_ctx_t)));
-    if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    ctx->key = key;
-    ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
-    ngx_int_t rc = ngx_http_read_client_request_body(r, tokens_body_read);
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
-    return NGX_DONE;
+    return ngx_mail_api_read_body(r, key, 4096, handle_tokens_body);
 }
 
 // ---------------------------------------------------------------- routing

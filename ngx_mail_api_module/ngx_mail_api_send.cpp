@@ -281,27 +281,6 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
     return NGX_DONE;
 }
 
-void send_body_read(ngx_http_request_t *r) noexcept {
-    auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
-    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_http_get_module_ctx(r, ngx_mail_api_module));
-    ngx_int_t rc;
-    try {
-        std::string body;
-        rc = ngx_mail_api_body_string(r, mcf->max_message_size, body);
-        if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
-            rc = ngx_mail_api_send_error(r, rc, "too_large",
-                                         "the request body is larger than " + std::to_string(mcf->max_message_size) +
-                                             " bytes");
-        } else if (rc == NGX_OK) {
-            rc = enqueue(r, mcf, ctx->key, body);
-            if (rc == NGX_DONE) return;  // finished by enqueue_done or enqueue_timeout
-        }
-    } catch (...) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ngx_http_finalize_request(r, rc);
-}
-
 }  // namespace
 
 ngx_int_t ngx_mail_api_handle_send(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf) {
@@ -312,16 +291,5 @@ ngx_int_t ngx_mail_api_handle_send(ngx_http_request_t *r, ngx_mail_api_main_conf
         return ngx_mail_api_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                        "send the message as Content-Type: application/json");
     }
-    if (r->headers_in.content_length_n > static_cast<off_t>(mcf->max_message_size)) {
-        return ngx_mail_api_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "too_large",
-                                       "the request body is larger than " + std::to_string(mcf->max_message_size) +
-                                           " bytes");
-    }
-    auto *ctx = static_cast<ngx_mail_api_ctx_t *>(ngx_pcalloc(r->pool, sizeof(ngx_mail_api_ctx_t)));
-    if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    ctx->key = auth.key;
-    ngx_http_set_ctx(r, ctx, ngx_mail_api_module);
-    rc = ngx_http_read_client_request_body(r, send_body_read);
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
-    return NGX_DONE;
+    return ngx_mail_api_read_body(r, auth.key, mcf->max_message_size, enqueue);
 }

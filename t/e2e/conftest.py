@@ -154,6 +154,26 @@ def pytest_runtest_makereport(item, call):
         rep.sections.append(("server logs", item.funcargs["stack"].failure_report()))
 
 
+def private_stack(path, standin=False):
+    """A whole stack of its own (for tests that stop, kill or reconfigure its
+    parts), without deliveryd: the test starts it with the settings it needs.
+    Returns the stack, a send+read token and an Api on its nginx."""
+    s = stackmod.Stack(str(path))
+    token = s.add_key("private", "acme", "send+read").token()
+    try:
+        s.start_redis()
+        s.start_ferretdb()
+        s.start_smtp()
+        if standin:
+            s.start_standin()
+        s.start_nginx()
+    except Exception:
+        print(s.failure_report())
+        s.stop_all()
+        raise
+    return s, token, Api(f"http://127.0.0.1:{s.nginx.port}")
+
+
 def message(rcpt, **extra):
     body = {"from": "sender@example.com", "to": [rcpt], "subject": "Hello", "text": "Hello there"}
     body.update(extra)

@@ -12,7 +12,7 @@ import pymongo
 import pytest
 
 import stack as stackmod
-from conftest import Api, Mailbox, message
+from conftest import Api, Mailbox, message, private_stack
 
 
 def rcpt_with(prefix):
@@ -80,13 +80,8 @@ def test_send_at_waits(api, keys, inbox):
 @pytest.fixture
 def crash_stack(tmp_path):
     """A stack of its own: these tests kill and restart its parts."""
-    s = stackmod.Stack(str(tmp_path))
-    key = s.add_key("crash", "acme", "send+read")
-    s.start_redis()
-    s.start_ferretdb()
-    s.start_smtp()
-    s.start_nginx()
-    yield s, key, Api(f"http://127.0.0.1:{s.nginx.port}")
+    s, token, api = private_stack(tmp_path)
+    yield s, token, api
     s.stop_all()
 
 
@@ -124,9 +119,9 @@ def assert_exactly_once(s, ids):
 
 
 def test_kill_9_loses_nothing(crash_stack):
-    s, key, api = crash_stack
+    s, token, api = crash_stack
     first = s.start_deliveryd(max_in_flight="64", claim_idle="2", send_timeout="1")
-    ids = send_many(api, key.token(), 1000)
+    ids = send_many(api, token, 1000)
     time.sleep(0.3)  # some sent, some in flight, most still queued
     first.stop(signal.SIGKILL)
     pending = subprocess.run(["redis-cli", "-p", str(s.redis.port), "XPENDING", "mailapi:messages", "deliveryd"],
@@ -140,9 +135,9 @@ def test_kill_9_loses_nothing(crash_stack):
 
 
 def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
-    s, key, api = crash_stack
+    s, token, api = crash_stack
     d = s.start_deliveryd()
-    mid = api.send(message(rcpt_with("slow2")), key.token()).json()["id"]
+    mid = api.send(message(rcpt_with("slow2")), token).json()["id"]
     time.sleep(0.7)  # the send is in flight, 2 s at DATA
     t0 = time.time()
     assert d.stop(signal.SIGTERM, timeout=15) == 0
@@ -153,30 +148,30 @@ def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
 
 
 def test_redis_restart_and_store_outage_lose_nothing(crash_stack):
-    s, key, api = crash_stack
+    s, token, api = crash_stack
     s.start_deliveryd(claim_idle="2", send_timeout="1")
-    ids = send_many(api, key.token(), 200, "a")
+    ids = send_many(api, token, 200, "a")
     # Redis goes away and comes back (its data is saved and reloaded)
     subprocess.run(["redis-cli", "-p", str(s.redis.port), "SAVE"], capture_output=True)
     port = s.redis.port
     s.redis.stop()
     time.sleep(1)
     s.start_redis(port=port)
-    ids += send_many(api, key.token(), 200, "b") if _wait_202(api, key) else []
+    ids += send_many(api, token, 200, "b") if _wait_202(api, token) else []
     # MongoDB goes away for a while and comes back
     mport = s.mongo.port
     s.mongo.stop()
-    ids += send_many(api, key.token(), 200, "c")
+    ids += send_many(api, token, 200, "c")
     time.sleep(3)
     s.start_ferretdb(port=mport)
     wait_terminal(s, ids, timeout=180)
     assert_exactly_once(s, ids)
 
 
-def _wait_202(api, key):
+def _wait_202(api, token):
     deadline = time.time() + 15
     while time.time() < deadline:
-        if api.send(message("probe@example.org"), key.token()).status_code == 202:
+        if api.send(message("probe@example.org"), token).status_code == 202:
             return True
         time.sleep(0.3)
     raise AssertionError("nginx did not recover from the Redis restart")
@@ -184,10 +179,10 @@ def _wait_202(api, key):
 
 def test_metrics_and_health(crash_stack):
     import requests
-    s, key, api = crash_stack
+    s, token, api = crash_stack
     d = s.start_deliveryd()
-    ids = send_many(api, key.token(), 20, "m")
-    ids.append(api.send(message(rcpt_with("reject")), key.token()).json()["id"])
+    ids = send_many(api, token, 20, "m")
+    ids.append(api.send(message(rcpt_with("reject")), token).json()["id"])
     wait_terminal(s, ids[:-1])
     time.sleep(2.5)  # one sampling period
     text = requests.get(d.admin + "/metrics", timeout=5).text

@@ -5,21 +5,14 @@ import pytest
 import requests
 
 import stack as stackmod
-from conftest import Api, Mailbox, message
+from conftest import Api, Mailbox, message, private_stack
 
 
 @pytest.fixture
 def providers(tmp_path):
-    s = stackmod.Stack(str(tmp_path))
-    key = s.add_key("p", "acme", "send+read")
-    s.start_redis()
-    s.start_ferretdb()
-    s.start_smtp()
-    s.start_standin()
+    s, token, api = private_stack(tmp_path, standin=True)
     s.start_deliveryd(providers="sendgrid,smtp", **s.standin_conf())
-    s.start_nginx()
-    control = f"http://127.0.0.1:{s.standin.port}"
-    yield s, Api(f"http://127.0.0.1:{s.nginx.port}"), key.token(), control
+    yield s, api, token, f"http://127.0.0.1:{s.standin.port}"
     s.stop_all()
 
 
@@ -88,13 +81,10 @@ def test_all_providers_down_retries_then_recovers(providers):
 
 
 def test_circuit_breaker_opens_then_probes_with_a_real_message(tmp_path):
-    s = stackmod.Stack(str(tmp_path))
-    token = s.add_key("p", "acme", "send+read").token()
+    s, token, _ = private_stack(tmp_path, standin=True)
     try:
-        s.start_redis(); s.start_ferretdb(); s.start_smtp(); s.start_standin()
         s.start_deliveryd(providers="sendgrid,smtp", breaker_window="10", breaker_min_requests="4",
                           breaker_threshold="50", breaker_cooldown="2", max_in_flight="1", **s.standin_conf())
-        s.start_nginx()
         api, control = Api(f"http://127.0.0.1:{s.nginx.port}"), f"http://127.0.0.1:{s.standin.port}"
         requests.post(f"{control}/_control/sendgrid", json={"status": 503, "count": -1}, timeout=5)
         ids = [api.send(message(f"cb{i}@example.org"), token).json()["id"] for i in range(12)]
@@ -117,12 +107,9 @@ def test_circuit_breaker_opens_then_probes_with_a_real_message(tmp_path):
 
 
 def test_provider_rate_limit_is_respected(tmp_path):
-    s = stackmod.Stack(str(tmp_path))
-    token = s.add_key("p", "acme", "send+read").token()
+    s, token, _ = private_stack(tmp_path, standin=True)
     try:
-        s.start_redis(); s.start_ferretdb(); s.start_smtp(); s.start_standin()
         s.start_deliveryd(providers="http", http_rate="5", **s.standin_conf())
-        s.start_nginx()
         api, control = Api(f"http://127.0.0.1:{s.nginx.port}"), f"http://127.0.0.1:{s.standin.port}"
         t0 = time.time()
         ids = [api.send(message(f"rl{i}@example.org"), token).json()["id"] for i in range(15)]
