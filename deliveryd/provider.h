@@ -3,9 +3,30 @@
 // no retry) or transient (try the next provider, retry later).
 #pragma once
 #include <functional>
+#include <map>
 #include <string>
 
 #include "message.h"
+
+// One configured provider account, from a config line
+//   provider NAME TYPE key=value ...
+// TYPE is smtp, sendgrid, mailgun, postmark, ses or http. `options` holds the
+// type's settings (url, api_key, domain, region, ...); a "<key>_file" setting
+// has already been read into "<key>". config.cpp checks the keys each type
+// takes and fills in its defaults.
+struct ProviderSpec {
+    std::string name, type;
+    std::map<std::string, std::string> options;
+
+    const std::string &get(const std::string &key) const {
+        static const std::string none;
+        auto it = options.find(key);
+        return it == options.end() ? none : it->second;
+    }
+    bool operator==(const ProviderSpec &o) const {
+        return name == o.name && type == o.type && options == o.options;
+    }
+};
 
 enum class SendResult { sent, permanent, transient };
 
