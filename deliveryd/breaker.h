@@ -17,6 +17,10 @@ struct BreakerSettings {
     int min_requests = 10;
     double threshold = 0.5;
     double cooldown = 30;
+    bool operator==(const BreakerSettings &o) const {
+        return window == o.window && min_requests == o.min_requests && threshold == o.threshold &&
+               cooldown == o.cooldown;
+    }
 };
 
 class Breaker : public Provider {

@@ -1,8 +1,20 @@
 // deliveryd configuration: a file of "name value" lines, each overridable by
 // the environment variable DELIVERYD_<NAME>.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
+
+#include "provider.h"
+
+// A route is tried step by step: a transient failure moves on to the next
+// provider. Within one step ("a:3|b:1") the providers are tried in a random
+// order weighted by their weights, so pooled accounts share the load.
+struct RouteStep {
+    std::vector<std::string> names;
+    std::vector<int> weights;
+};
+using Route = std::vector<RouteStep>;
 
 struct Config {
     std::string redis = "127.0.0.1:6379";     // host:port or unix:/path
@@ -11,20 +23,14 @@ struct Config {
     std::string consumer;                     // default: hostname-pid
     std::string mongodb = "mongodb://127.0.0.1:27017/mailapi";
     std::string keyring = "/etc/ngx_mail_api/keyring";
-    std::string smtp_url = "smtp://127.0.0.1:25";
-    std::string smtp_username;
-    std::string smtp_password;                // prefer smtp_password_file
-    bool smtp_starttls = false;               // require STARTTLS on smtp:// URLs
     int connections_per_host = 16;            // to one SMTP server or provider API at once; reused
     std::string message_id_domain = "mailapi.invalid";
-    // Providers in failover order: a transient failure moves on to the next.
-    std::vector<std::string> providers = {"smtp"};
-    std::string sendgrid_url = "https://api.sendgrid.com";
-    std::string sendgrid_api_key;
-    std::string http_url;
-    std::string http_token;
-    // messages per second each provider may be sent (token bucket), 0 = unlimited
-    int smtp_rate = 0, sendgrid_rate = 0, http_rate = 0;
+    // Every provider account a route names ("provider NAME TYPE key=value ...",
+    // or the single-provider shorthands smtp_url, sendgrid_*, http_*).
+    std::vector<ProviderSpec> provider_specs;
+    // Which providers a tenant's mail goes through ("route TENANT STEPS"); "*"
+    // is every tenant without a route of its own. Default: "* smtp".
+    std::map<std::string, Route> routes;
     std::string admin_listen = "127.0.0.1:9464";  // /metrics and /healthz; "off" for none
     int breaker_window = 20;                  // outcomes a provider's circuit breaker looks at
     int breaker_min_requests = 10;            // no opening on fewer
@@ -46,3 +52,7 @@ struct Config {
 
 // On error, `err` says which line or variable and why.
 bool config_load(const std::string &path, Config &cfg, std::string &err);
+
+// The settings a running deliveryd cannot take over on SIGHUP (connections,
+// queue names): empty when `next` differs from `running` only in what it can.
+std::string config_restart_needed(const Config &running, const Config &next);

@@ -41,10 +41,12 @@ struct Delivery::Job {
     bool tried = false;  // some provider was really asked (not all circuits open)
     mailapi::Message msg;
     RecordUpdate rec;
+    std::shared_ptr<const ProviderSet> providers;  // keeps `plan` alive across a reload
+    std::vector<Provider *> plan;
 };
 
 Delivery::Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store,
-                   Queue *&queue, std::vector<Provider *> providers, Metrics &metrics)
+                   Queue *&queue, std::shared_ptr<const ProviderSet> providers, Metrics &metrics)
     : loop_(loop), cfg_(cfg), keyring_(keyring), store_(store), queue_(queue), providers_(std::move(providers)),
       metrics_(metrics) {}
 
@@ -120,13 +122,15 @@ void Delivery::decide(std::shared_ptr<Job> job) {
         give_up(job, "expired before it could be sent", 0);
         return;
     }
+    job->providers = providers_;
+    job->plan = providers_->plan(e.tenant, rng_);
     send(job, 0);
 }
 
 // Providers in order: a transient failure moves on to the next at once; the
 // retry comes later only when every one of them failed.
 void Delivery::send(std::shared_ptr<Job> job, size_t index) {
-    Provider *p = providers_[index];
+    Provider *p = job->plan[index];
     int64_t started = now_ms();
     p->send(job->entry.id, job->entry.tenant, job->msg, [this, job, index, p, started](SendOutcome out) {
         log_info(out.result == SendResult::sent ? "sent" : "send failed",
@@ -139,7 +143,7 @@ void Delivery::send(std::shared_ptr<Job> job, size_t index) {
                                   : out.result == SendResult::sent      ? "sent"
                                   : out.result == SendResult::permanent ? "rejected"
                                                                         : "transient");
-        if (out.result == SendResult::transient && index + 1 < providers_.size()) {
+        if (out.result == SendResult::transient && index + 1 < job->plan.size()) {
             job->rec.events.push_back({"provider_failed", now_ms(), p->name(), out.code, out.reason});
             send(job, index + 1);
             return;
@@ -180,9 +184,8 @@ void Delivery::outcome(std::shared_ptr<Job> job, const std::string &provider, co
         return;
     }
     // Exponential backoff with equal jitter: half fixed, half random.
-    static std::mt19937_64 rng{std::random_device{}()};
     double delay = std::min<double>(cfg_.retry_max_delay, cfg_.retry_base * std::pow(2.0, attempts - 1));
-    delay = delay / 2 + std::uniform_real_distribution<double>(0, delay / 2)(rng);
+    delay = delay / 2 + std::uniform_real_distribution<double>(0, delay / 2)(rng_);
     int64_t due = now_ms() + static_cast<int64_t>(delay * 1000);
     if (due - e.created_ms > static_cast<int64_t>(cfg_.max_age) * 1000) {
         give_up(job, "gave up: the next attempt would be past max_age: " + out.reason, out.code);

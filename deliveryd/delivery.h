@@ -11,18 +11,21 @@
 
 #include "crypto.h"
 #include "queue.h"
-#include "provider.h"
+#include "provider_set.h"
 #include "store.h"
 
 class Delivery {
 public:
     Delivery(struct ev_loop *loop, const Config &cfg, const mailapi::Keyring &keyring, Store &store, Queue *&queue,
-             std::vector<Provider *> providers, struct Metrics &metrics);
+             std::shared_ptr<const ProviderSet> providers, struct Metrics &metrics);
     ~Delivery();
 
     void handle(QueueEntry entry, bool claimed);
     int in_flight() const { return static_cast<int>(in_flight_.size()); }
     std::function<void()> on_idle;  // a message finished: there is room again
+    // SIGHUP: messages from now on go through `providers`; those under way
+    // keep the set they started with.
+    void set_providers(std::shared_ptr<const ProviderSet> providers) { providers_ = std::move(providers); }
 
 private:
     struct Job;
@@ -41,7 +44,8 @@ private:
     const mailapi::Keyring &keyring_;
     Store &store_;
     Queue *&queue_;
-    std::vector<Provider *> providers_;
+    std::shared_ptr<const ProviderSet> providers_;
+    std::mt19937_64 rng_{std::random_device{}()};
     struct Metrics &metrics_;
     std::unordered_set<std::string> in_flight_;  // stream ids being worked on
 };

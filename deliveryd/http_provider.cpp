@@ -107,9 +107,10 @@ SendOutcome classify_http(int curl_code, long status) {
     return {SendResult::permanent, code, reason};
 }
 
-HttpProvider::HttpProvider(Kind kind, std::string url, std::string secret, const Config &cfg, CurlMulti &multi)
-    : kind_(kind), name_(kind == Kind::sendgrid ? "sendgrid" : "http"), url_(std::move(url)),
-      secret_(std::move(secret)), cfg_(cfg), multi_(multi) {
+HttpProvider::HttpProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
+    : kind_(spec.type == "sendgrid" ? Kind::sendgrid : Kind::http), name_(spec.name), url_(spec.get("url")),
+      secret_(spec.get(spec.type == "sendgrid" ? "api_key" : "token")), cfg_(cfg),
+      multi_(multi) {
     if (kind_ == Kind::sendgrid) url_ += "/v3/mail/send";
 }
 
@@ -138,7 +139,9 @@ void HttpProvider::send(const std::string &message_id, const std::string &tenant
     }
     job->body = body(message_id, tenant, msg);
     job->headers = curl_slist_append(job->headers, "Content-Type: application/json");
-    job->headers = curl_slist_append(job->headers, ("Authorization: Bearer " + secret_).c_str());
+    if (!secret_.empty()) {
+        job->headers = curl_slist_append(job->headers, ("Authorization: Bearer " + secret_).c_str());
+    }
     job->headers = curl_slist_append(job->headers, ("X-Mailapi-Id: " + message_id).c_str());
     CURL *c = job->easy;
     curl_easy_setopt(c, CURLOPT_URL, url_.c_str());

@@ -13,7 +13,7 @@ class HttpProvider : public Provider {
 public:
     enum class Kind { sendgrid, http };
 
-    HttpProvider(Kind kind, std::string url, std::string secret, const Config &cfg, CurlMulti &multi);
+    HttpProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
 
     const std::string &name() const override { return name_; }
     void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
@@ -24,7 +24,7 @@ private:
 
     Kind kind_;
     std::string name_, url_, secret_;
-    const Config &cfg_;
+    const Config &cfg_;  // updated in place on SIGHUP
     CurlMulti &multi_;
 };
 

@@ -13,20 +13,17 @@
 #include <memory>
 #include <string>
 
+#include "admin.h"
 #include "config.h"
 #include "crypto.h"
 #include "curl_multi.h"
 #include "delivery.h"
 #include "log.h"
-#include "notify.h"
-#include "queue.h"
-#include "admin.h"
-#include "breaker.h"
 #include "metrics.h"
-#include "http_provider.h"
-#include "smtp.h"
+#include "notify.h"
+#include "provider_set.h"
+#include "queue.h"
 #include "store.h"
-#include "throttle.h"
 
 namespace {
 
@@ -93,33 +90,6 @@ int replay_dead(const Config &cfg, long count) {
     return rc;
 }
 
-std::vector<std::unique_ptr<Provider>> make_providers(struct ev_loop *loop, const Config &cfg, CurlMulti &multi) {
-    std::vector<std::unique_ptr<Provider>> out;
-    BreakerSettings b{cfg.breaker_window, cfg.breaker_min_requests, cfg.breaker_threshold / 100.0,
-                      static_cast<double>(cfg.breaker_cooldown)};
-    for (const std::string &name : cfg.providers) {
-        std::unique_ptr<Provider> p;
-        int rate = name == "smtp" ? cfg.smtp_rate : name == "sendgrid" ? cfg.sendgrid_rate : cfg.http_rate;
-        if (name == "smtp") {
-            p = std::make_unique<SmtpProvider>(cfg, multi);
-        } else if (name == "sendgrid") {
-            p = std::make_unique<HttpProvider>(HttpProvider::Kind::sendgrid, cfg.sendgrid_url, cfg.sendgrid_api_key,
-                                               cfg, multi);
-        } else {
-            p = std::make_unique<HttpProvider>(HttpProvider::Kind::http, cfg.http_url, cfg.http_token, cfg, multi);
-        }
-        if (rate > 0) p = std::make_unique<Throttle>(loop, std::move(p), rate, rate);
-        out.push_back(std::make_unique<Breaker>(loop, std::move(p), b));
-    }
-    return out;
-}
-
-std::vector<Provider *> raw(const std::vector<std::unique_ptr<Provider>> &owned) {
-    std::vector<Provider *> out;
-    for (const auto &p : owned) out.push_back(p.get());
-    return out;
-}
-
 struct Daemon {
     struct ev_loop *loop;
     Config &cfg;
@@ -127,10 +97,10 @@ struct Daemon {
     std::string config_path;
     CurlMulti multi{loop, cfg.connections_per_host};
     Store store{loop, cfg};
-    std::vector<std::unique_ptr<Provider>> providers = make_providers(loop, cfg, multi);
+    std::shared_ptr<const ProviderSet> providers;
     Metrics metrics;
     Queue *queue = nullptr;
-    Delivery delivery{loop, cfg, keyring, store, queue, raw(providers), metrics};
+    Delivery delivery{loop, cfg, keyring, store, queue, providers, metrics};
     Admin admin{loop, [this](const std::string &path, int &status, std::string &type) {
                     return serve(path, status, type);
                 }};
@@ -172,8 +142,9 @@ struct Daemon {
     std::string serve(const std::string &path, int &status, std::string &type) {
         if (path == "/metrics") {
             metrics.in_flight = delivery.in_flight();
-            for (const auto &p : providers) {
-                metrics.breaker[p->name()] = static_cast<int>(static_cast<Breaker *>(p.get())->state());
+            metrics.breaker.clear();
+            for (const auto &p : providers->providers()) {
+                metrics.breaker[p.first] = static_cast<int>(p.second.provider->state());
             }
             status = 200;
             type = "text/plain; version=0.0.4";
@@ -214,16 +185,35 @@ struct Daemon {
         }
     }
 
+    // SIGHUP: the keyring, providers, routes and limits, from the same
+    // files; what needs connections redone (redis, mongodb...) needs a restart.
     static void on_reload(struct ev_loop *, ev_signal *w, int) {
         auto *d = static_cast<Daemon *>(w->data);
+        Config next;
         mailapi::Keyring ring;
         std::string err;
-        if (!mailapi::keyring_load(d->cfg.keyring, ring, err)) {
-            log_error("reload failed, keeping the old keyring", {{"error", err}});
+        if (!config_load(d->config_path, next, err) || !mailapi::keyring_load(next.keyring, ring, err)) {
+            log_error("reload failed, keeping the running configuration", {{"error", err}});
             return;
         }
+        std::string fixed = config_restart_needed(d->cfg, next);
+        if (!fixed.empty()) {
+            log_error("reload refused: these settings need a restart", {{"settings", fixed}});
+            return;
+        }
+        next.consumer = d->cfg.consumer;
+        auto set = std::make_shared<const ProviderSet>(d->loop, next, d->multi, d->providers.get(), err);
+        if (!err.empty()) {
+            log_error("reload failed, keeping the running configuration", {{"error", err}});
+            return;
+        }
+        d->cfg = std::move(next);  // read in place by everything holding it
         d->keyring = std::move(ring);
-        log_info("reloaded", {{"data_keys", std::to_string(d->keyring.data_keys.size())}});
+        d->providers = set;
+        d->delivery.set_providers(set);
+        log_info("reloaded", {{"data_keys", std::to_string(d->keyring.data_keys.size())},
+                              {"providers", std::to_string(set->providers().size())},
+                              {"routes", std::to_string(d->cfg.routes.size())}});
     }
 };
 
@@ -268,7 +258,9 @@ int main(int argc, char **argv) {
     struct ev_loop *loop = ev_default_loop(0);
     {
         Daemon daemon(loop, cfg, keyring, config_path);
-        if (cfg.admin_listen != "off" && !daemon.admin.listen(cfg.admin_listen, err)) {
+        daemon.providers = std::make_shared<const ProviderSet>(loop, cfg, daemon.multi, nullptr, err);
+        daemon.delivery.set_providers(daemon.providers);
+        if (!err.empty() || (cfg.admin_listen != "off" && !daemon.admin.listen(cfg.admin_listen, err))) {
             std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
             return 1;
         }

@@ -124,7 +124,7 @@ void SmtpProvider::send(const std::string &message_id, const std::string &, cons
     }
 
     job->from = "<" + msg.from.email + ">";
-    curl_easy_setopt(c, CURLOPT_URL, cfg_.smtp_url.c_str());
+    curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
     curl_easy_setopt(c, CURLOPT_MAIL_FROM, job->from.c_str());
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, job->rcpt.get());
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, job->headers.get());
@@ -132,11 +132,11 @@ void SmtpProvider::send(const std::string &message_id, const std::string &, cons
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.send_timeout * 1000));
-    if (!cfg_.smtp_username.empty()) {
-        curl_easy_setopt(c, CURLOPT_USERNAME, cfg_.smtp_username.c_str());
-        curl_easy_setopt(c, CURLOPT_PASSWORD, cfg_.smtp_password.c_str());
+    if (!username_.empty()) {
+        curl_easy_setopt(c, CURLOPT_USERNAME, username_.c_str());
+        curl_easy_setopt(c, CURLOPT_PASSWORD, password_.c_str());
     }
-    if (cfg_.smtp_starttls) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
+    if (starttls_) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
 
     bool added = multi_.add(c, [job, done](CURLcode rc) { done(classify(rc, job->easy)); });
     if (!added) done({SendResult::transient, 0, "cannot start transfer"});

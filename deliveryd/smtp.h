@@ -13,14 +13,17 @@
 
 class SmtpProvider : public Provider {
 public:
-    SmtpProvider(const Config &cfg, CurlMulti &multi) : cfg_(cfg), multi_(multi) {}
+    SmtpProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
+        : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
+          starttls_(spec.get("starttls") == "yes"), cfg_(cfg), multi_(multi) {}
 
     const std::string &name() const override { return name_; }
     void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
               std::function<void(SendOutcome)> done) override;
 
 private:
-    const std::string name_ = "smtp";
-    const Config &cfg_;
+    std::string name_, url_, username_, password_;
+    bool starttls_;
+    const Config &cfg_;  // updated in place on SIGHUP
     CurlMulti &multi_;
 };

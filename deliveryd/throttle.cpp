@@ -2,9 +2,10 @@
 
 #include <algorithm>
 
-Throttle::Throttle(struct ev_loop *loop, std::unique_ptr<Provider> inner, double rate, double burst)
+Throttle::Throttle(struct ev_loop *loop, std::unique_ptr<Provider> inner, double rate, double burst,
+                   int concurrency)
     : loop_(loop), inner_(std::move(inner)), rate_(rate), burst_(std::max(1.0, burst)), tokens_(burst_),
-      last_(ev_now(loop)) {
+      concurrency_(concurrency), last_(ev_now(loop)) {
     ev_timer_init(&timer_, timer_cb, 0, 0);
     timer_.data = this;
 }
@@ -13,19 +14,25 @@ Throttle::~Throttle() { ev_timer_stop(loop_, &timer_); }
 
 void Throttle::refill() {
     ev_tstamp now = ev_now(loop_);
+    if (rate_ <= 0) {
+        tokens_ = burst_;
+        return;
+    }
     tokens_ = std::min(burst_, tokens_ + (now - last_) * rate_);
     last_ = now;
 }
 
 void Throttle::drain() {
     refill();
-    while (!waiting_.empty() && tokens_ >= 1) {
-        tokens_ -= 1;
+    while (!waiting_.empty() && tokens_ >= 1 && (concurrency_ <= 0 || active_ < concurrency_)) {
+        if (rate_ > 0) tokens_ -= 1;
+        active_++;
         std::function<void()> go = std::move(waiting_.front());
         waiting_.pop_front();
         go();
     }
-    if (!waiting_.empty() && !ev_is_active(&timer_)) {
+    // waiting on tokens: a timer; waiting on a free slot: the next send's end
+    if (!waiting_.empty() && tokens_ < 1 && !ev_is_active(&timer_)) {
         ev_timer_set(&timer_, (1 - tokens_) / rate_, 0);
         ev_timer_start(loop_, &timer_);
     }
@@ -36,6 +43,12 @@ void Throttle::timer_cb(struct ev_loop *, ev_timer *w, int) { static_cast<Thrott
 void Throttle::send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
                     std::function<void(SendOutcome)> done) {
     // msg lives in the delivery job until done runs, so it may be referenced here
-    waiting_.push_back([this, message_id, tenant, &msg, done] { inner_->send(message_id, tenant, msg, done); });
+    waiting_.push_back([this, message_id, tenant, &msg, done] {
+        inner_->send(message_id, tenant, msg, [this, done](SendOutcome out) {
+            active_--;
+            done(out);
+            drain();
+        });
+    });
     drain();
 }

@@ -1,5 +1,6 @@
-// A token bucket in front of a provider, so that its quota (messages per
-// second) is respected: sends beyond the bucket wait, in order, on a timer.
+// Limits in front of a provider, so that its quota is respected: a token
+// bucket (messages per second, 0 = none) and a cap on sends in flight
+// (0 = none). Sends beyond them wait, in order.
 #pragma once
 #include <ev.h>
 
@@ -11,7 +12,7 @@
 
 class Throttle : public Provider {
 public:
-    Throttle(struct ev_loop *loop, std::unique_ptr<Provider> inner, double rate, double burst);
+    Throttle(struct ev_loop *loop, std::unique_ptr<Provider> inner, double rate, double burst, int concurrency);
     ~Throttle() override;
 
     const std::string &name() const override { return inner_->name(); }
@@ -27,6 +28,7 @@ private:
     struct ev_loop *loop_;
     std::unique_ptr<Provider> inner_;
     double rate_, burst_, tokens_;
+    int concurrency_, active_ = 0;
     ev_tstamp last_;
     std::deque<std::function<void()>> waiting_;
     ev_timer timer_;
