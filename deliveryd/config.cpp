@@ -60,11 +60,8 @@ const ProviderType *provider_type(const std::string &type) {
 // Sets `key` of a provider; "<key>_file" reads the secret from a file.
 std::string provider_option(ProviderSpec &spec, std::string key, const std::string &value) {
     const ProviderType *t = provider_type(spec.type);
-    std::string v = value;
-    if (key.size() > 5 && key.compare(key.size() - 5, 5, "_file") == 0) {
-        key.resize(key.size() - 5);
-        if (!read_secret_file(value, v)) return "cannot read " + value;
-    }
+    bool from_file = key.size() > 5 && key.compare(key.size() - 5, 5, "_file") == 0;
+    if (from_file) key.resize(key.size() - 5);
     bool known = std::find_if(std::begin(COMMON_KEYS), std::end(COMMON_KEYS),
                               [&](const char *k) { return key == k; }) != std::end(COMMON_KEYS);
     for (const auto *list : {&t->required, &t->optional}) {
@@ -72,6 +69,8 @@ std::string provider_option(ProviderSpec &spec, std::string key, const std::stri
     }
     for (const auto &d : t->defaults) known |= key == d.first;
     if (!known) return "provider " + spec.name + ": " + spec.type + " has no setting \"" + key + "\"";
+    std::string v = value;
+    if (from_file && !read_secret_file(value, v)) return "provider " + spec.name + ": cannot read " + value;
     int n = 0;
     if ((key == "rate" || key == "burst") && !set_int(v, 0, 1000000, n)) {
         return "provider " + spec.name + ": " + key + " must be 0 (unlimited)..1000000 per second";

@@ -227,14 +227,22 @@ class Stack:
         conf.update({k: str(v) for k, v in overrides.items()})
         return conf
 
-    def start_deliveryd(self, name="deliveryd", **overrides):
-        path = os.path.join(self.dir, name + ".conf")
+    def write_deliveryd_conf(self, path, lines=(), **overrides):
+        """`name value` settings, then raw lines (provider ..., route ...)."""
         conf = self.deliveryd_conf(**overrides)
         with open(path, "w") as f:
             for k, v in conf.items():
                 f.write(f"{k} {v}\n")
+            for line in lines:
+                f.write(line + "\n")
+        return conf
+
+    def start_deliveryd(self, name="deliveryd", lines=(), **overrides):
+        path = os.path.join(self.dir, name + ".conf")
+        conf = self.write_deliveryd_conf(path, lines, **overrides)
         proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
         proc.admin = "http://" + conf["admin_listen"]
+        proc.conf = path
         deadline = time.time() + 30
         while '"msg":"started"' not in proc.log_tail(200):
             if not proc.alive() or time.time() > deadline:
