@@ -2,6 +2,7 @@
 
 #include <sys/time.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -186,6 +187,7 @@ void Delivery::outcome(std::shared_ptr<Job> job, const std::string &provider, co
     // Exponential backoff with equal jitter: half fixed, half random.
     double delay = std::min<double>(cfg_.retry_max_delay, cfg_.retry_base * std::pow(2.0, attempts - 1));
     delay = delay / 2 + std::uniform_real_distribution<double>(0, delay / 2)(rng_);
+    delay = std::max<double>(delay, std::min(out.retry_after, cfg_.retry_max_delay));  // the provider's Retry-After
     int64_t due = now_ms() + static_cast<int64_t>(delay * 1000);
     if (due - e.created_ms > static_cast<int64_t>(cfg_.max_age) * 1000) {
         give_up(job, "gave up: the next attempt would be past max_age: " + out.reason, out.code);

@@ -2,6 +2,7 @@
 
 #include <jansson.h>
 
+#include <algorithm>
 #include <memory>
 
 namespace {
@@ -158,7 +159,12 @@ void HttpProvider::send(const std::string &message_id, const std::string &tenant
     bool added = multi_.add(c, [job, done](CURLcode rc) {
         long status = 0;
         curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
-        done(classify_http(rc, status));
+        SendOutcome out = classify_http(rc, status);
+        curl_off_t wait = 0;
+        if (curl_easy_getinfo(job->easy, CURLINFO_RETRY_AFTER, &wait) == CURLE_OK && wait > 0) {
+            out.retry_after = static_cast<int>(std::min<curl_off_t>(wait, 86400));
+        }
+        done(out);
     });
     if (!added) done({SendResult::transient, 0, "cannot start transfer"});
 }

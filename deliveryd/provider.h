@@ -39,6 +39,7 @@ struct SendOutcome {
     // only these count toward its circuit breaker.
     bool provider_fault = false;
     bool skipped = false;  // not tried: the provider's circuit is open
+    int retry_after = 0;   // seconds the provider asked us to wait (429/503 Retry-After)
 };
 
 class Provider {
