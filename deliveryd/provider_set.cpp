@@ -10,9 +10,9 @@
 
 namespace {
 
-std::unique_ptr<Provider> make_provider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi,
-                                        std::string &err) {
-    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, multi);
+std::unique_ptr<Provider> make_provider(struct ev_loop *loop, const ProviderSpec &spec, const Config &cfg,
+                                        CurlMulti &multi, std::string &err) {
+    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop);
     if (spec.type == "sendgrid" || spec.type == "http") return std::make_unique<HttpProvider>(spec, cfg, multi);
     err = "provider " + spec.name + ": type " + spec.type + " is not built into this deliveryd";
     return nullptr;
@@ -50,7 +50,7 @@ ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &mul
                 continue;
             }
         }
-        std::unique_ptr<Provider> p = make_provider(spec, cfg, multi, err);
+        std::unique_ptr<Provider> p = make_provider(loop, spec, cfg, multi, err);
         if (!p) return;
         int rate = option_int(spec, "rate"), burst = option_int(spec, "burst");
         int concurrency = option_int(spec, "concurrency");

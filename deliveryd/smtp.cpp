@@ -1,5 +1,7 @@
 #include "smtp.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <ctime>
 #include <memory>
 #include <new>
@@ -42,17 +44,16 @@ void add_body_part(curl_mime *mime, const std::string &body, const char *type) {
     curl_mime_encoder(part, "quoted-printable");
 }
 
-// One transfer: the easy handle and everything it points into.
+// What one transfer points into, alive until it ends.
 struct SmtpSend {
-    CURL *easy = curl_easy_init();
     Slist rcpt, headers, inline_disposition;
     Mime mime;
     std::string from;
-    ~SmtpSend() {
-        mime.reset();
-        if (easy) curl_easy_cleanup(easy);
-    }
 };
+
+int abort_when_stopping(void *stopping, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    return static_cast<const std::atomic<bool> *>(stopping)->load() ? 1 : 0;
+}
 
 SendOutcome classify(CURLcode rc, CURL *easy) {
     SendOutcome out;
@@ -76,19 +77,37 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
 
 }  // namespace
 
+SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop)
+    : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
+      starttls_(spec.get("starttls") == "yes"), cfg_(cfg),
+      pool_(loop, spec.get("concurrency").empty() || spec.get("concurrency") == "0"
+                      ? cfg.connections_per_host
+                      : std::min(cfg.connections_per_host, std::atoi(spec.get("concurrency").c_str()))) {}
+
 void SmtpProvider::send(const std::string &message_id, const std::string &, const mailapi::Message &msg,
                         std::function<void(SendOutcome)> done) {
-    auto job = std::make_shared<SmtpSend>();
-    if (job->easy == nullptr) {
-        done({SendResult::transient, 0, "no curl handle"});
-        return;
-    }
+    // copied here: cfg_ may be replaced on the loop thread by a reload
+    std::string message_id_header = "Message-ID: <" + message_id + "@" + cfg_.message_id_domain + ">";
+    long timeout_ms = static_cast<long>(cfg_.send_timeout) * 1000;
+    // msg lives in the delivery job until done runs, and nobody changes it
+    pool_.run([this, message_id_header, timeout_ms, &msg](CURL *c, const std::atomic<bool> &stopping) {
+        try {
+            return perform(c, stopping, message_id_header, timeout_ms, msg);
+        } catch (const std::exception &e) {  // e.g. bad_alloc: this message, later
+            return SendOutcome{SendResult::transient, 0, e.what()};
+        }
+    }, std::move(done));
+}
+
+SendOutcome SmtpProvider::perform(CURL *c, const std::atomic<bool> &stopping, const std::string &message_id_header,
+                                  long timeout_ms, const mailapi::Message &msg) const {
+    SmtpSend job;
     for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
-        for (const mailapi::Address &a : *list) append(job->rcpt, "<" + a.email + ">");
+        for (const mailapi::Address &a : *list) append(job.rcpt, "<" + a.email + ">");
     }
-    Slist &headers = job->headers;
+    Slist &headers = job.headers;
     append(headers, "Date: " + mailapi::rfc5322_date(std::time(nullptr)));
-    append(headers, "Message-ID: <" + message_id + "@" + cfg_.message_id_domain + ">");
+    append(headers, message_id_header);
     append(headers, "From: " + mailapi::mime_address(msg.from));
     append(headers, "To: " + address_list(msg.to));
     if (!msg.cc.empty()) append(headers, "Cc: " + address_list(msg.cc));
@@ -96,9 +115,8 @@ void SmtpProvider::send(const std::string &message_id, const std::string &, cons
     append(headers, "Subject: " + mailapi::mime_header_text(msg.subject));
     for (const auto &h : msg.headers) append(headers, h.first + ": " + mailapi::mime_header_text(h.second));
 
-    CURL *c = job->easy;
-    job->mime.reset(curl_mime_init(c));
-    curl_mime *mime = job->mime.get();
+    job.mime.reset(curl_mime_init(c));
+    curl_mime *mime = job.mime.get();
     if (!msg.text.empty() && !msg.html.empty()) {
         curl_mime *alt = curl_mime_init(c);
         add_body_part(alt, msg.text, "text/plain; charset=utf-8");
@@ -106,8 +124,8 @@ void SmtpProvider::send(const std::string &message_id, const std::string &, cons
         curl_mimepart *part = curl_mime_addpart(mime);
         curl_mime_subparts(part, alt);  // owned by part from here on
         curl_mime_type(part, "multipart/alternative");
-        append(job->inline_disposition, "Content-Disposition: inline");
-        curl_mime_headers(part, job->inline_disposition.release(), 1);
+        append(job.inline_disposition, "Content-Disposition: inline");
+        curl_mime_headers(part, job.inline_disposition.release(), 1);
     } else if (!msg.text.empty()) {
         add_body_part(mime, msg.text, "text/plain; charset=utf-8");
     } else {
@@ -123,21 +141,25 @@ void SmtpProvider::send(const std::string &message_id, const std::string &, cons
         curl_mime_encoder(part, "base64");
     }
 
-    job->from = "<" + msg.from.email + ">";
+    job.from = "<" + msg.from.email + ">";
     curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_FROM, job->from.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, job->rcpt.get());
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, job->headers.get());
+    curl_easy_setopt(c, CURLOPT_MAIL_FROM, job.from.c_str());
+    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, job.rcpt.get());
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, job.headers.get());
     curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.send_timeout * 1000));
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, abort_when_stopping);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, &stopping);
     if (!username_.empty()) {
         curl_easy_setopt(c, CURLOPT_USERNAME, username_.c_str());
         curl_easy_setopt(c, CURLOPT_PASSWORD, password_.c_str());
     }
     if (starttls_) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
-
-    bool added = multi_.add(c, [job, done](CURLcode rc) { done(classify(rc, job->easy)); });
-    if (!added) done({SendResult::transient, 0, "cannot start transfer"});
+    CURLcode rc = curl_easy_perform(c);
+    SendOutcome out = classify(rc, c);
+    curl_easy_setopt(c, CURLOPT_MIMEPOST, nullptr);  // job.mime goes before the handle's next use
+    return out;
 }

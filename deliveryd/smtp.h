@@ -1,29 +1,32 @@
-// SMTP delivery through libcurl's multi interface: MIME built with curl_mime,
-// connections reused from the multi handle's cache.
+// SMTP delivery through libcurl: MIME built with curl_mime, on a pool of
+// threads (see blocking_pool.h for why), each reusing its connection.
 #pragma once
 #include <curl/curl.h>
 
+#include <atomic>
 #include <functional>
 #include <string>
 
+#include "blocking_pool.h"
 #include "config.h"
-#include "curl_multi.h"
 #include "message.h"
 #include "provider.h"
 
 class SmtpProvider : public Provider {
 public:
-    SmtpProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
-        : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
-          starttls_(spec.get("starttls") == "yes"), cfg_(cfg), multi_(multi) {}
+    // Threads: the spec's concurrency, at most connections_per_host.
+    SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop);
 
     const std::string &name() const override { return name_; }
     void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
               std::function<void(SendOutcome)> done) override;
 
 private:
+    SendOutcome perform(CURL *easy, const std::atomic<bool> &stopping, const std::string &message_id_header,
+                        long timeout_ms, const mailapi::Message &msg) const;
+
     std::string name_, url_, username_, password_;
     bool starttls_;
     const Config &cfg_;  // updated in place on SIGHUP
-    CurlMulti &multi_;
+    BlockingPool pool_;  // last: its threads stop before the rest goes
 };

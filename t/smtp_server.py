@@ -6,6 +6,10 @@ local part, so tests can script failures without a control channel:
   tempfail+...@   451 (transient) at RCPT, always
   flakyN+...@     451 for the first N deliveries to that address, then accepted
   slowN+...@      accepted after N seconds at DATA
+
+Each stored mail gets "X-Test-Concurrent-Data: N", how many DATA commands
+were in progress when it arrived (itself included), so tests can check
+concurrency limits.
 """
 import argparse
 import asyncio
@@ -21,6 +25,7 @@ class ScriptedMailbox(Mailbox):
     def __init__(self, maildir):
         super().__init__(maildir)
         self.seen = collections.Counter()
+        self.in_data = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
@@ -37,11 +42,16 @@ class ScriptedMailbox(Mailbox):
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        for rcpt in envelope.rcpt_tos:
-            m = re.match(r"slow(\d+)\+", rcpt.split("@")[0].lower())
-            if m:
-                await asyncio.sleep(int(m.group(1)))
-        return await super().handle_DATA(server, session, envelope)
+        self.in_data += 1
+        try:
+            envelope.content = b"X-Test-Concurrent-Data: %d\r\n" % self.in_data + envelope.content
+            for rcpt in envelope.rcpt_tos:
+                m = re.match(r"slow(\d+)\+", rcpt.split("@")[0].lower())
+                if m:
+                    await asyncio.sleep(int(m.group(1)))
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.in_data -= 1
 
 
 def main():

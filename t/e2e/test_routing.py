@@ -197,3 +197,18 @@ def test_check_config_accepts_every_provider_type(tmp_path):
              "route * sg:3|mg:1, aws, mx", "route acme pm, hook"]
     r = check_config(s, lines)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("concurrency", [1, 0])
+def test_a_providers_concurrency_cap(two_tenants, concurrency):
+    s, tokens, api, control = two_tenants
+    mx = f"provider mx smtp url=smtp://127.0.0.1:{s.smtp.port}/mailapi.test concurrency={concurrency}"
+    s.start_deliveryd(lines=[mx, "route * mx"])
+    ids = [api.send(message(f"slow1+cap{i}@example.org"), tokens["acme"]).json()["id"] for i in range(4)]
+    providers_of(api, tokens["acme"], ids, timeout=30)
+    inbox = Mailbox(s.maildir)
+    seen = [int(inbox.find(mid)["X-Test-Concurrent-Data"]) for mid in ids]
+    if concurrency == 1:
+        assert seen == [1, 1, 1, 1]
+    else:  # the control: unlimited, the SMTP server sees them at once
+        assert max(seen) > 1, seen
