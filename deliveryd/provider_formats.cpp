@@ -117,14 +117,23 @@ std::string safe_reason(std::string_view text) {
     for (char &c : s) {
         if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
     }
-    // local@domain, however it is quoted around, becomes <address>.
-    for (size_t at = s.find('@'); at != std::string::npos; at = s.find('@', at + 1)) {
+    // Every run of address characters holding an '@' (x@y, x@@y, @y, x@)
+    // becomes <address>: scrubbing a little too much beats leaking. Quotes
+    // and full stops around it are left as punctuation.
+    auto in_run = [](unsigned char c) { return local_char(c) || domain_char(c) || c == '@'; };
+    for (size_t at = s.find('@'); at != std::string::npos; at = s.find('@', at)) {
         size_t start = at, end = at + 1;
-        while (start > 0 && local_char(static_cast<unsigned char>(s[start - 1]))) start--;
-        while (end < s.size() && domain_char(static_cast<unsigned char>(s[end]))) end++;
-        if (start == at || end == at + 1) continue;
+        while (start > 0 && in_run(static_cast<unsigned char>(s[start - 1]))) start--;
+        while (end < s.size() && in_run(static_cast<unsigned char>(s[end]))) end++;
+        auto punctuation = [](char c) { return c == '\'' || c == '`' || c == '.'; };
+        while (start < at && punctuation(s[start])) start++;
+        while (end > at + 1 && punctuation(s[end - 1])) end--;
+        if (end - start == 1) {  // a lone '@'
+            at++;
+            continue;
+        }
         s.replace(start, end - start, "<address>");
-        at = start + 8;
+        at = start + 9;
     }
     if (s.size() <= max) return s;
     size_t cut = max;
