@@ -391,6 +391,36 @@ std::string ses_type_name(std::string type) {
 
 }  // namespace
 
+std::string ses_default_url(const std::string &region) { return "https://email." + region + ".amazonaws.com"; }
+
+bool ses_signing_request(const std::string &url, const std::string &body, SigV4Request &req) {
+    struct UrlFree {
+        void operator()(CURLU *u) const { curl_url_cleanup(u); }
+    };
+    struct PartFree {
+        void operator()(char *p) const { curl_free(p); }
+    };
+    std::unique_ptr<CURLU, UrlFree> u(curl_url());
+    if (!u || curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) return false;
+    auto part = [&u](CURLUPart which) {
+        char *p = nullptr;
+        std::unique_ptr<char, PartFree> owned(curl_url_get(u.get(), which, &p, 0) == CURLUE_OK ? p : nullptr);
+        return std::string(owned ? owned.get() : "");
+    };
+    std::string scheme = part(CURLUPART_SCHEME), host = part(CURLUPART_HOST), port = part(CURLUPART_PORT);
+    std::string path = part(CURLUPART_PATH);
+    if (host.empty()) return false;
+    bool default_port = port.empty() || (scheme == "https" && port == "443") || (scheme == "http" && port == "80");
+    while (!path.empty() && path.back() == '/') path.pop_back();
+    req = SigV4Request();
+    req.method = "POST";
+    req.host = default_port ? host : host + ":" + port;
+    req.path = path + "/v2/email/outbound-emails";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.payload = body;
+    return true;
+}
+
 bool ses_body(const std::string &id, const mailapi::Message &m, const std::string &configuration_set,
               std::string &body, std::string &error) {
     if (m.headers.size() > SES_MAX_CUSTOM_HEADERS) {

@@ -21,6 +21,7 @@
 
 #include "message.h"
 #include "provider.h"
+#include "sigv4.h"
 
 // The reason text for a provider's error message: e-mail addresses become
 // "<address>", control characters spaces, at most ~200 bytes (cut on a UTF-8
@@ -60,6 +61,13 @@ constexpr size_t SES_MAX_CUSTOM_HEADERS = 14;
 // (more than SES_MAX_CUSTOM_HEADERS headers): another provider may.
 bool ses_body(const std::string &id, const mailapi::Message &m, const std::string &configuration_set,
               std::string &body, std::string &error);
+// The endpoint of a region: https://email.{region}.amazonaws.com
+std::string ses_default_url(const std::string &region);
+// What SigV4 signs for SendEmail at {url}/v2/email/outbound-emails: POST,
+// the host as curl sends it in Host (with the port only when the URL names
+// a port other than the scheme's), the path, content-type, the body. False
+// when the URL does not parse.
+bool ses_signing_request(const std::string &url, const std::string &body, SigV4Request &req);
 // error_type: the x-amzn-ErrorType header ("" when absent); the body's
 // "__type" is read when it is absent.
 SendOutcome ses_outcome(int curl_code, long status, const std::string &error_type, const std::string &body);

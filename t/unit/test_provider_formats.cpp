@@ -414,3 +414,45 @@ TEST(Ses, Outcome) {
     std::string huge = R"({"message":")" + std::string(70000, 'z') + "\"}";
     EXPECT_LE(ses_outcome(CURLE_OK, 400, "MessageRejected", huge).reason.size(), 260u);
 }
+
+TEST(Ses, SigningRequest) {
+    SigV4Request r;
+    ASSERT_TRUE(ses_signing_request(ses_default_url("eu-west-1"), "{}", r));
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.host, "email.eu-west-1.amazonaws.com");
+    EXPECT_EQ(r.path, "/v2/email/outbound-emails");
+    EXPECT_EQ(r.payload, "{}");
+    ASSERT_EQ(r.headers.size(), 1u);
+    EXPECT_EQ(r.headers[0].second, "application/json");
+    ASSERT_TRUE(ses_signing_request("http://127.0.0.1:8125", "", r));
+    EXPECT_EQ(r.host, "127.0.0.1:8125");  // curl's Host carries a port other than the scheme's
+    ASSERT_TRUE(ses_signing_request("https://vpce.example.com:443/prefix/", "", r));
+    EXPECT_EQ(r.host, "vpce.example.com");
+    EXPECT_EQ(r.path, "/prefix/v2/email/outbound-emails");
+    EXPECT_FALSE(ses_signing_request("not a url", "", r));
+}
+
+TEST(Outcomes, AnyAnswerBodyGivesAShortReason) {
+    // Bodies as a broken or hostile endpoint might send them: truncated JSON,
+    // wrong types, deep nesting, NULs, invalid UTF-8.
+    std::vector<std::string> bodies = {"", "{", "[]", "null", "\"x\"", R"({"errors":{}})", R"({"errors":[null]})",
+                                       R"({"message":null})", R"({"ErrorCode":1e400})", R"({"__type":""})",
+                                       std::string("{\"message\":\"a\0b\"}", 16), "{\"message\":\"\xff\xfe\"}",
+                                       std::string(10000, '[') + std::string(10000, ']')};
+    unsigned seed = 7;
+    for (int i = 0; i < 200; i++) {
+        std::string junk;
+        for (int n = 0; n < 64; n++) junk.push_back(static_cast<char>((seed = seed * 1103515245 + 12345) >> 16));
+        bodies.push_back(junk);
+    }
+    for (const auto &b : bodies) {
+        for (long status : {200L, 400L, 401L, 422L, 500L}) {
+            for (const SendOutcome &o : {sendgrid_outcome(CURLE_OK, status, b), mailgun_outcome(CURLE_OK, status, b),
+                                         postmark_outcome(CURLE_OK, status, b),
+                                         ses_outcome(CURLE_OK, status, b.substr(0, 40), b)}) {
+                EXPECT_LE(o.reason.size(), 420u);
+                EXPECT_EQ(o.reason.find('\n'), std::string::npos);
+            }
+        }
+    }
+}
