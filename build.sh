@@ -15,7 +15,7 @@ APT_PACKAGES=(
   nginx nginx-dev redis-server
   libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
   g++ make cmake ninja-build pkg-config googletest libgtest-dev clang libclang-rt-14-dev
-  python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd
+  python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd python3-botocore
   openssl curl ca-certificates wrk testssl.sh
 )
 GO_MIN_MINOR=22                 # FerretDB v1.24 needs Go 1.22

@@ -108,6 +108,12 @@ std::string parse_route(const std::string &text, Route &route) {
     for (char ch : text) {
         if (ch != ' ' && ch != '\t') compact.push_back(ch);
     }
+    for (const char *gap : {"||", "|,", ",|"}) {
+        if (compact.find(gap) != std::string::npos) return "a pool member is missing in \"" + text + "\"";
+    }
+    if (!compact.empty() && (compact.front() == '|' || compact.back() == '|')) {
+        return "a pool member is missing in \"" + text + "\"";
+    }
     std::stringstream steps(compact);
     std::string step;
     while (std::getline(steps, step, ',')) {

@@ -1,33 +1,103 @@
-// Hosted providers' HTTP APIs through libcurl multi: each builds its
-// documented request and reads its documented answer.
-//   sendgrid  POST {url}/v3/mail/send, Bearer key, 202 on success
-//   http      POST {url}, Bearer token, {"id","tenant","message"}, any 2xx
+// Hosted providers' HTTP APIs through libcurl multi. HttpApi does the
+// transfer; each provider builds its documented request and reads its
+// documented answer with the functions of provider_formats.h.
 #pragma once
+#include <ctime>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "config.h"
 #include "curl_multi.h"
 #include "provider.h"
+#include "provider_formats.h"
 
-class HttpProvider : public Provider {
+struct HttpRequest {
+    std::string url;
+    std::vector<std::string> headers;  // "Name: value"
+    std::string body;                  // JSON, or
+    std::vector<FormField> form;       // multipart/form-data when not empty
+    std::string username, password;    // HTTP basic auth when username is set
+};
+
+struct HttpAnswer {
+    int curl_code = 0;
+    long status = 0;
+    std::string body;        // the first 64 KiB: enough to read an error
+    std::string error_type;  // x-amzn-ErrorType
+    int retry_after = 0;     // seconds, from Retry-After
+};
+
+class HttpApi : public Provider {
 public:
-    enum class Kind { sendgrid, http };
-
-    HttpProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-
+    HttpApi(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
+        : name_(spec.name), url_(spec.get("url")), cfg_(cfg), multi_(multi) {}
     const std::string &name() const override { return name_; }
+
+protected:
+    // Sends `req`; `read` turns the answer into the outcome given to `done`.
+    void perform(HttpRequest req, std::function<SendOutcome(const HttpAnswer &)> read,
+                 std::function<void(SendOutcome)> done);
+
+    std::string name_, url_;
+    const Config &cfg_;  // updated in place on SIGHUP
+
+private:
+    CurlMulti &multi_;
+};
+
+// POST {url}/v3/mail/send, Bearer key; our id in custom_args.
+class SendgridProvider : public HttpApi {
+public:
+    SendgridProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
     void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
               std::function<void(SendOutcome)> done) override;
 
 private:
-    std::string body(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg) const;
-
-    Kind kind_;
-    std::string name_, url_, secret_;
-    const Config &cfg_;  // updated in place on SIGHUP
-    CurlMulti &multi_;
+    std::string auth_;
 };
 
-// The outcome of an HTTP answer, by status: 2xx sent; 429, 5xx and our own
-// credentials refused (401, 403) transient; any other 4xx permanent.
-SendOutcome classify_http(int curl_code, long status);
+// POST {url}/v3/{domain}/messages, basic api:key, form; our id in v:mailapi_id.
+class MailgunProvider : public HttpApi {
+public:
+    MailgunProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
+    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+              std::function<void(SendOutcome)> done) override;
+
+private:
+    std::string api_key_;
+};
+
+// POST {url}/email, X-Postmark-Server-Token; our id in Metadata.
+class PostmarkProvider : public HttpApi {
+public:
+    PostmarkProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
+    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+              std::function<void(SendOutcome)> done) override;
+
+private:
+    std::string token_header_, message_stream_;
+};
+
+// Amazon SES v2 SendEmail, signed with SigV4; our id in an EmailTag.
+class SesProvider : public HttpApi {
+public:
+    SesProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
+    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+              std::function<void(SendOutcome)> done) override;
+
+private:
+    SigV4Credentials credentials_;
+    std::string configuration_set_;
+};
+
+// The generic hook: POST {url} {"id","tenant","message"}, Bearer token, 2xx.
+class HookProvider : public HttpApi {
+public:
+    HookProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
+    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
+              std::function<void(SendOutcome)> done) override;
+
+private:
+    std::string auth_;
+};

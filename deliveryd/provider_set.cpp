@@ -13,7 +13,11 @@ namespace {
 std::unique_ptr<Provider> make_provider(struct ev_loop *loop, const ProviderSpec &spec, const Config &cfg,
                                         CurlMulti &multi, std::string &err) {
     if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop);
-    if (spec.type == "sendgrid" || spec.type == "http") return std::make_unique<HttpProvider>(spec, cfg, multi);
+    if (spec.type == "sendgrid") return std::make_unique<SendgridProvider>(spec, cfg, multi);
+    if (spec.type == "mailgun") return std::make_unique<MailgunProvider>(spec, cfg, multi);
+    if (spec.type == "postmark") return std::make_unique<PostmarkProvider>(spec, cfg, multi);
+    if (spec.type == "ses") return std::make_unique<SesProvider>(spec, cfg, multi);
+    if (spec.type == "http") return std::make_unique<HookProvider>(spec, cfg, multi);
     err = "provider " + spec.name + ": type " + spec.type + " is not built into this deliveryd";
     return nullptr;
 }

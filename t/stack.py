@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("MAILAPI_BUILD", os.path.join(ROOT, "build"))
@@ -194,20 +195,49 @@ class Stack:
                                         "--listen", f"127.0.0.1:{port}", "--maildir", self.maildir], port)
         return self.smtp
 
-    def start_standin(self, port=None):
-        """The hosted providers' stand-in (t/provider_standin.py)."""
+    def start_standin(self, port=None, ses_session_token=False):
+        """The hosted providers' stand-in (t/provider_standin.py), with fresh keys for each."""
         port = port or free_port()
-        self.standin_keys = {"sendgrid": "SG." + os.urandom(12).hex(), "http": os.urandom(12).hex()}
-        self.standin = self.spawn("standin", ["/usr/bin/python3", os.path.join(ROOT, "t", "provider_standin.py"),
-                                              "--listen", f"127.0.0.1:{port}",
-                                              "--sendgrid-key", self.standin_keys["sendgrid"],
-                                              "--http-token", self.standin_keys["http"]], port)
+        self.standin_keys = {
+            "sendgrid": "SG." + os.urandom(12).hex(), "http": os.urandom(12).hex(),
+            "mailgun": "key-" + os.urandom(16).hex(), "postmark": str(uuid.uuid4()),
+            # AWS's shapes: 20-character key id, 40-character secret with + and /
+            "ses_access_key_id": "AKIA" + base64.b32encode(os.urandom(10)).decode()[:16],
+            "ses_secret_access_key": base64.b64encode(os.urandom(30)).decode(),
+            "ses_session_token": base64.b64encode(os.urandom(48)).decode() if ses_session_token else "",
+        }
+        k = self.standin_keys
+        argv = ["/usr/bin/python3", os.path.join(ROOT, "t", "provider_standin.py"), "--listen", f"127.0.0.1:{port}",
+                "--sendgrid-key", k["sendgrid"], "--http-token", k["http"], "--mailgun-key", k["mailgun"],
+                "--postmark-token", k["postmark"], "--ses-access-key-id", k["ses_access_key_id"],
+                "--ses-secret-access-key", k["ses_secret_access_key"]]
+        if ses_session_token:
+            argv += ["--ses-session-token", k["ses_session_token"]]
+        self.standin = self.spawn("standin", argv, port)
         return self.standin
 
     def standin_conf(self):
         base = f"http://127.0.0.1:{self.standin.port}"
         return {"sendgrid_url": base, "sendgrid_api_key": self.standin_keys["sendgrid"],
                 "http_url": base + "/generic", "http_token": self.standin_keys["http"]}
+
+    MAILGUN_DOMAIN = "mg.example.com"
+    SES_REGION = "eu-west-1"
+
+    def standin_providers(self, types=("mailgun", "postmark", "ses")):
+        """`provider NAME TYPE key=value ...` lines for the stand-in, each named after its type."""
+        base = f"http://127.0.0.1:{self.standin.port}"
+        k = self.standin_keys
+        lines = {
+            "mailgun": f"provider mailgun mailgun url={base} domain={self.MAILGUN_DOMAIN} api_key={k['mailgun']}",
+            "postmark": f"provider postmark postmark url={base} server_token={k['postmark']} message_stream=outbound",
+            "ses": (f"provider ses ses url={base} region={self.SES_REGION} access_key_id={k['ses_access_key_id']} "
+                    f"secret_access_key={k['ses_secret_access_key']}"
+                    + (f" session_token={k['ses_session_token']}" if k["ses_session_token"] else "")),
+            "sendgrid": f"provider sendgrid sendgrid url={base} api_key={k['sendgrid']}",
+            "http": f"provider http http url={base}/generic token={k['http']}",
+        }
+        return [lines[t] for t in types]
 
     def deliveryd_conf(self, **overrides):
         conf = {

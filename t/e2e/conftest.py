@@ -158,8 +158,14 @@ def private_stack(path, standin=False):
     """A whole stack of its own (for tests that stop, kill or reconfigure its
     parts), without deliveryd: the test starts it with the settings it needs.
     Returns the stack, a send+read token and an Api on its nginx."""
+    s, tokens, api = tenants_stack(path, ("acme",), standin)
+    return s, tokens["acme"], api
+
+
+def tenants_stack(path, tenants, standin=False):
+    """private_stack with a send+read key for each tenant: (stack, {tenant: token}, Api)."""
     s = stackmod.Stack(str(path))
-    token = s.add_key("private", "acme", "send+read").token()
+    tokens = {t: s.add_key(t if len(tenants) > 1 else "private", t, "send+read").token() for t in tenants}
     try:
         s.start_redis()
         s.start_ferretdb()
@@ -171,7 +177,7 @@ def private_stack(path, standin=False):
         print(s.failure_report())
         s.stop_all()
         raise
-    return s, token, Api(f"http://127.0.0.1:{s.nginx.port}")
+    return s, tokens, Api(f"http://127.0.0.1:{s.nginx.port}")
 
 
 def message(rcpt, **extra):

@@ -120,14 +120,17 @@ def assert_exactly_once(s, ids):
 
 def test_kill_9_loses_nothing(crash_stack):
     s, token, api = crash_stack
+    ids = send_many(api, token, 1000)  # all queued first, then drained
+    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
     first = s.start_deliveryd(max_in_flight="64", claim_idle="2", send_timeout="1")
-    ids = send_many(api, token, 1000)
-    time.sleep(0.3)  # some sent, some in flight, most still queued
+    deadline = time.time() + 30
+    while coll.count_documents({"status": "sent"}) < 50:  # some sent, some in flight, most still queued
+        assert time.time() < deadline, "deliveryd sent nothing"
+        time.sleep(0.02)
     first.stop(signal.SIGKILL)
     pending = subprocess.run(["redis-cli", "-p", str(s.redis.port), "XPENDING", "mailapi:messages", "deliveryd"],
                              capture_output=True, text=True).stdout.split()
     assert int(pending[0]) > 0, "nothing was in flight when deliveryd was killed"
-    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
     assert coll.count_documents({"status": "sent"}) < len(ids), "everything was done before the kill"
     s.start_deliveryd(name="deliveryd2", max_in_flight="64", claim_idle="2", send_timeout="1")
     wait_terminal(s, ids)

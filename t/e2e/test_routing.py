@@ -10,25 +10,14 @@ import pytest
 import requests
 
 import stack as stackmod
-from conftest import Api, Mailbox, message
+from conftest import Mailbox, message, tenants_stack
 
 
 @pytest.fixture
 def two_tenants(tmp_path):
     """A stack whose nginx knows keys of two tenants; deliveryd is left to the test."""
-    s = stackmod.Stack(str(tmp_path))
-    tokens = {t: s.add_key(t + "_key", t, "send+read").token() for t in ("acme", "globex")}
-    try:
-        s.start_redis()
-        s.start_ferretdb()
-        s.start_smtp()
-        s.start_standin()
-        s.start_nginx()
-    except Exception:
-        print(s.failure_report())
-        s.stop_all()
-        raise
-    yield s, tokens, Api(f"http://127.0.0.1:{s.nginx.port}"), f"http://127.0.0.1:{s.standin.port}"
+    s, tokens, api = tenants_stack(tmp_path, ("acme", "globex"), standin=True)
+    yield s, tokens, api, f"http://127.0.0.1:{s.standin.port}"
     s.stop_all()
 
 
