@@ -48,7 +48,7 @@ const ProviderType TYPES[] = {
     {"ses", {"region", "access_key_id", "secret_access_key"}, {}, {"url", "session_token", "configuration_set"}},
     {"http", {"url"}, {}, {"token"}},
 };
-const char *const COMMON_KEYS[] = {"rate", "burst", "concurrency"};
+const char *const COMMON_KEYS[] = {"rate", "burst", "concurrency", "cacert"};
 
 const ProviderType *provider_type(const std::string &type) {
     for (const ProviderType &t : TYPES) {

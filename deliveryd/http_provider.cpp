@@ -74,6 +74,7 @@ void HttpApi::perform(HttpRequest req, std::function<SendOutcome(const HttpAnswe
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.send_timeout) * 1000);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (!cacert_.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, cacert_.c_str());
     bool added = multi_.add(c, [job, read, done](CURLcode rc) {
         HttpAnswer &a = job->answer;
         a.curl_code = rc;

@@ -31,7 +31,7 @@ struct HttpAnswer {
 class HttpApi : public Provider {
 public:
     HttpApi(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
-        : name_(spec.name), url_(spec.get("url")), cfg_(cfg), multi_(multi) {}
+        : name_(spec.name), url_(spec.get("url")), cacert_(spec.get("cacert")), cfg_(cfg), multi_(multi) {}
     const std::string &name() const override { return name_; }
 
 protected:
@@ -39,7 +39,7 @@ protected:
     void perform(HttpRequest req, std::function<SendOutcome(const HttpAnswer &)> read,
                  std::function<void(SendOutcome)> done);
 
-    std::string name_, url_;
+    std::string name_, url_, cacert_;
     const Config &cfg_;  // updated in place on SIGHUP
 
 private:

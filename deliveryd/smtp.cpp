@@ -60,9 +60,13 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
     long code = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
     out.code = static_cast<int>(code);
+    // 530 (STARTTLS or AUTH required), 534, 535 (credentials), 538: the relay
+    // refuses us, not the message
+    bool refuses_us = code == 530 || code == 534 || code == 535 || code == 538 || rc == CURLE_LOGIN_DENIED ||
+                      rc == CURLE_USE_SSL_FAILED;
     if (rc == CURLE_OK) {
         out.result = SendResult::sent;
-    } else if (code >= 500 && code < 600 && rc != CURLE_LOGIN_DENIED) {
+    } else if (code >= 500 && code < 600 && !refuses_us) {
         out.result = SendResult::permanent;  // the server refused this message for good
         out.reason = curl_easy_strerror(rc);
     } else {
@@ -70,7 +74,7 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
         out.reason = curl_easy_strerror(rc);
         // no reply, 421 (service unavailable) or our login refused: the server's
         // trouble; other 4xx (greylisting, a full mailbox) are the recipient's
-        out.provider_fault = code == 0 || code == 421 || rc == CURLE_LOGIN_DENIED;
+        out.provider_fault = code == 0 || code == 421 || refuses_us;
     }
     return out;
 }
@@ -79,7 +83,7 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
 
 SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop)
     : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
-      starttls_(spec.get("starttls") == "yes"), cfg_(cfg),
+      starttls_(spec.get("starttls") == "yes"), cacert_(spec.get("cacert")), cfg_(cfg),
       pool_(loop, spec.get("concurrency").empty() || spec.get("concurrency") == "0"
                       ? cfg.connections_per_host
                       : std::min(cfg.connections_per_host, std::atoi(spec.get("concurrency").c_str()))) {}
@@ -158,6 +162,7 @@ SendOutcome SmtpProvider::perform(CURL *c, const std::atomic<bool> &stopping, co
         curl_easy_setopt(c, CURLOPT_PASSWORD, password_.c_str());
     }
     if (starttls_) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
+    if (!cacert_.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, cacert_.c_str());
     CURLcode rc = curl_easy_perform(c);
     SendOutcome out = classify(rc, c);
     curl_easy_setopt(c, CURLOPT_MIMEPOST, nullptr);  // job.mime goes before the handle's next use

@@ -27,6 +27,7 @@ private:
 
     std::string name_, url_, username_, password_;
     bool starttls_;
+    std::string cacert_;  // CA bundle for the relay's certificate; default: the system's
     const Config &cfg_;  // updated in place on SIGHUP
     BlockingPool pool_;  // last: its threads stop before the rest goes
 };

@@ -187,13 +187,26 @@ class Stack:
     def mongodb_uri(self):
         return f"mongodb://127.0.0.1:{self.mongo.port}/mailapi"
 
-    def start_smtp(self, port=None):
+    def start_smtp(self, port=None, name="smtp", tls=None, auth=None):
+        """The SMTP server writing a Maildir (self.maildir for the first;
+        <dir>/<name>-maildir for others). tls: None, "starttls" or "implicit"
+        with the stack's certificate; auth: "login:password" to require."""
         port = port or free_port()
+        maildir = self.maildir if name == "smtp" else os.path.join(self.dir, name + "-maildir")
         for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
-        self.smtp = self.spawn("smtp", ["/usr/bin/python3", os.path.join(ROOT, "t", "smtp_server.py"),
-                                        "--listen", f"127.0.0.1:{port}", "--maildir", self.maildir], port)
-        return self.smtp
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+        argv = ["/usr/bin/python3", os.path.join(ROOT, "t", "smtp_server.py"), "--listen", f"127.0.0.1:{port}",
+                "--maildir", maildir]
+        if tls:
+            cert, key = self.certificate()
+            argv += ["--tls-cert", cert, "--tls-key", key] + (["--implicit-tls"] if tls == "implicit" else [])
+        if auth:
+            argv += ["--auth", auth]
+        proc = self.spawn(name, argv, port)
+        proc.maildir = maildir
+        if name == "smtp":
+            self.smtp = proc
+        return proc
 
     def start_standin(self, port=None, ses_session_token=False):
         """The hosted providers' stand-in (t/provider_standin.py), with fresh keys for each."""

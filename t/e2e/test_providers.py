@@ -1,6 +1,7 @@
 """Providers and failover, against the stand-in for the hosted APIs."""
 import base64
 import datetime
+import subprocess
 import time
 
 import pytest
@@ -80,6 +81,21 @@ def test_all_providers_down_retries_then_recovers(providers):
     types = [(e["type"], e.get("provider")) for e in rec["events"]]
     assert types[0] == ("queued", None) and types[-1] == ("sent", "sendgrid")
     assert ("deferred", "smtp") in types and ("provider_failed", "sendgrid") in types
+
+
+def test_all_providers_down_retries_then_dead_letters(providers):
+    s, api, token, control = providers
+    requests.post(f"{control}/_control/sendgrid", json={"status": 503, "count": -1}, timeout=5)
+    mid = api.send(message("tempfail+dead@example.org"), token).json()["id"]
+    rec = api.wait_status(mid, token, "failed", timeout=40)  # max_attempts 4, retry_base 1 s
+    types = [(e["type"], e.get("provider")) for e in rec["events"]]
+    # every attempt tries both providers in order; the last gives up
+    assert types == [("queued", None)] + [("provider_failed", "sendgrid"), ("deferred", "smtp")] * 3 + [
+        ("provider_failed", "sendgrid"), ("failed", None)], types
+    assert "gave up after 4 attempts" in rec["events"][-1]["reason"]
+    dead = subprocess.run(["redis-cli", "-p", str(s.redis.port), "XRANGE", "mailapi:dead", "-", "+"],
+                          capture_output=True, text=True).stdout
+    assert mid in dead
 
 
 def test_circuit_breaker_opens_then_probes_with_a_real_message(tmp_path):
