@@ -23,6 +23,7 @@ ack, so acked = recorded); the records are counted once at the end.
 usage: bench/deliveryd.py [N messages per throughput case, default 50000]
        (the Maildir case sends min(N, 10000): its server is slow)
        BENCH_CASES=http,sink,maildir,inflight runs only those
+       BENCH_DELIVERYD="name=value ..." sets deliveryd settings of the throughput cases
 """
 import json
 import os
@@ -46,6 +47,8 @@ N_MAILDIR = min(N, 10000)
 N_INFLIGHT = 10000
 # a subset for quick looks: BENCH_CASES=http,sink,maildir,inflight (default all)
 CASES = set(os.environ.get("BENCH_CASES", "http,sink,maildir,inflight").split(","))
+# deliveryd settings for the throughput cases, over the defaults below: BENCH_DELIVERYD="max_in_flight=2048 batch=512"
+EXTRA = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_DELIVERYD", "").split())
 CONNECTIONS = 16   # deliveryd's connections_per_host default, used for every baseline too
 STREAM = "mailapi:messages"
 TEXT = "x" * 900   # a ~1 KiB message, as in bench/edge.py
@@ -154,7 +157,7 @@ def drain(s, r, coll, name, queued, **conf):
     coll.drop()
     # send_timeout: conf/deliveryd.conf's 60 s, not the tests' 4 s (see the README)
     conf = dict(dict(max_in_flight=512, batch=256, send_timeout=60, claim_idle=120, retry_base=1,
-                     max_attempts=4), **conf)
+                     max_attempts=4), **conf, **EXTRA)
     t0 = time.time()
     dd = s.start_deliveryd(name=name, **conf)
     last, last_acked = time.time(), 0
@@ -171,7 +174,7 @@ def drain(s, r, coll, name, queued, **conf):
             raise SystemExit(f"bench: deliveryd exited; log {dd.log}:\n{dd.log_tail()}")
         if now - t0 > 600:
             raise SystemExit(f"bench: only {acked:,}/{queued:,} acked after 600 s; log {dd.log}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     elapsed = time.time() - t0
     peak = status_kib(dd.popen.pid, "VmHWM")
     dd.stop()

@@ -296,10 +296,20 @@ http {{
         with open(path, "w") as f:
             for k, v in conf.items():
                 f.write(f"{k} {v}\n")
+        log = os.path.join(self.dir, name + ".log")
+        offset = os.path.getsize(log) if os.path.exists(log) else 0  # an earlier run's lines are not this one's
         proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
         proc.admin = "http://" + conf["admin_listen"]
         deadline = time.time() + 30
-        while '"msg":"started"' not in proc.log_tail(200):
+
+        def started():
+            # "started" is among the first lines; a busy deliveryd may have
+            # logged hundreds more by the time this looks (no tail then)
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return b'"msg":"started"' in f.read(1 << 20)
+
+        while not started():
             if not proc.alive() or time.time() > deadline:
                 raise RuntimeError(f"deliveryd did not start; log {proc.log}:\n{proc.log_tail()}")
             time.sleep(0.05)
