@@ -25,6 +25,7 @@ usage: bench/deliveryd.py [N messages per throughput case, default 50000]
        BENCH_CASES=http,sink,maildir,inflight runs only those
        BENCH_DELIVERYD="name=value ..." sets deliveryd settings of the throughput cases
 """
+import datetime
 import json
 import os
 import re
@@ -48,6 +49,7 @@ N_INFLIGHT = 10000
 # a subset for quick looks: BENCH_CASES=http,sink,maildir,inflight (default all)
 CASES = set(os.environ.get("BENCH_CASES", "http,sink,maildir,inflight").split(","))
 # deliveryd settings for the throughput cases, over the defaults below: BENCH_DELIVERYD="max_in_flight=2048 batch=512"
+CEILING = []  # records/s FerretDB takes on its own, once measured
 EXTRA = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_DELIVERYD", "").split())
 CONNECTIONS = 16   # deliveryd's connections_per_host default, used for every baseline too
 STREAM = "mailapi:messages"
@@ -270,16 +272,42 @@ def in_flight_rss(s, r, coll, sink_port):
     return rest, peak, int(n)
 
 
+def record_ceiling(r, coll, n, batch=256):
+    """What FerretDB takes on its own: n documents shaped like deliveryd's
+    records (the envelope of a queued entry, one blind index, two events),
+    inserted by pymongo in unordered batches of 256 as deliveryd's writer
+    thread does. Every deliveryd row is bounded by this."""
+    env = r.xrange(STREAM, count=1)[0][1]["env"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    docs = [{"_id": f"msg_ceiling{i:016d}", "tenant": "bench", "rcpt": ["x" * 43], "status": "sent",
+             "created_at": now, "updated_at": now, "envelope": env,
+             "events": [{"type": "queued", "at": now}, {"type": "sent", "at": now, "provider": "bench", "code": 202}]}
+            for i in range(n)]
+    scratch = coll.database["bench_ceiling"]
+    scratch.drop()
+    t0 = time.time()
+    for i in range(0, n, batch):
+        scratch.insert_many(docs[i:i + batch], ordered=False)
+    rate = n / (time.time() - t0)
+    scratch.drop()
+    return rate
+
+
 def case_http(s, r, coll, rows):
     say(f"HTTP baseline: wrk POST /v3/mail/send on the nginx stand-in, {CONNECTIONS} connections, 5 s")
     base, reqs = http_baseline(s, s.http_sink.port)
     say(f"HTTP baseline: {reqs:,} requests, {base:,.0f} req/s")
     say(f"queueing {N:,} messages through nginx for deliveryd -> HTTP (SendGrid v3 stand-in)")
     q = fill(s, r, s.bench_key, N)
+    say(f"record ceiling: {N:,} records inserted into FerretDB directly (pymongo, 256 a batch)")
+    ceiling = record_ceiling(r, coll, N)
+    say(f"record ceiling: {ceiling:,.0f} records/s")
     rate, peak = drain(s, r, coll, "deliveryd-http", q, providers="sendgrid",
                        sendgrid_url=f"http://127.0.0.1:{s.http_sink.port}", sendgrid_api_key="x")
     rows += [("HTTP stand-in fed by wrk (baseline)", reqs, base, base, None),
-             ("deliveryd -> HTTP (SendGrid v3 stand-in)", q, rate, base, peak)]
+             ("deliveryd -> HTTP (SendGrid v3 stand-in)", q, rate, base, peak),
+             ("MongoDB records: FerretDB fed directly (baseline, bounds every case)", N, ceiling, ceiling, None)]
+    CEILING.append(ceiling)
 
 
 def smtp_case(s, r, coll, rows, server, port, n, name, **conf):
@@ -349,6 +377,11 @@ def main():
         else:
             print(f"| {case} | {n:,} | {rate:,.0f} | {rate / ref:.2f} | "
                   f"{'' if rss is None else f'{rss / 1024:.1f} MiB'} |")
+    if CEILING:
+        print()
+        print("deliveryd against the record ceiling: " + ", ".join(
+            f"{case.split('(')[1].rstrip(')')} {rate / CEILING[0]:.2f}"
+            for case, n, rate, ref, rss in rows if case.startswith("deliveryd ->")))
 
 
 if __name__ == "__main__":
