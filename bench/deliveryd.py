@@ -16,6 +16,8 @@ ack, so acked = recorded); the records are counted once at the end.
   SMTP (Maildir)      provider: t/smtp_server.py (aiosmtpd writing a Maildir,
                       the tests' server); baseline: the same, fed by
                       smtp-source
+  records             FerretDB fed directly by pymongo with documents of the
+                      records' shape, 256 a batch: the ceiling of every case
   10k in flight       max_in_flight 10000 against the nginx stand-in holding
                       every answer (limit_req): peak RSS once 10,000 messages
                       are in flight; baseline: deliveryd's RSS at rest
