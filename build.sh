@@ -17,6 +17,7 @@ APT_PACKAGES=(
   g++ make cmake ninja-build pkg-config googletest libgtest-dev clang libclang-rt-14-dev
   python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd python3-botocore
   openssl curl ca-certificates wrk testssl.sh
+  libdb5.3 libnsl2 libicu72    # what postfix's smtp-sink/smtp-source link (bench/deliveryd.py)
 )
 GO_MIN_MINOR=22                 # FerretDB v1.24 needs Go 1.22
 GO_TOOLCHAIN=go1.22.12          # fetched through the Go module proxy when the local go is older
@@ -95,10 +96,36 @@ deps_python() {
     || die "pip install schemathesis failed: check access to PyPI"
 }
 
+# postfix's smtp-sink and smtp-source (C SMTP test server and client, for
+# bench/deliveryd.py), taken out of Debian's postfix package without
+# installing postfix as this machine's MTA: the two programs and the two
+# postfix libraries they link, in build/postfix (run with LD_LIBRARY_PATH).
+deps_postfix_tools() {
+  local dir=$BUILD/postfix tmp=$BUILD/postfix-deb
+  if [ -x "$dir/smtp-sink" ] && [ -x "$dir/smtp-source" ]; then return 0; fi
+  say "extracting smtp-sink and smtp-source from Debian's postfix package into $dir"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  if ! (cd "$tmp" && apt-get download postfix >/dev/null 2>&1); then
+    need_root_for_apt
+    apt-get update -qq || die "apt-get update failed: check the network and /etc/apt/sources.list"
+    (cd "$tmp" && apt-get download postfix >/dev/null 2>&1) \
+      || die "apt-get download postfix failed: check access to Debian's package archive"
+  fi
+  dpkg-deb -x "$tmp"/postfix_*.deb "$tmp/x" || die "dpkg-deb -x failed on $(ls "$tmp"/postfix_*.deb)"
+  mkdir -p "$dir/lib"
+  cp "$tmp/x/usr/sbin/smtp-sink" "$tmp/x/usr/sbin/smtp-source" "$dir/" \
+    && cp "$tmp/x/usr/lib/postfix/libpostfix-util.so" "$tmp/x/usr/lib/postfix/libpostfix-global.so" "$dir/lib/" \
+    || die "the postfix package has no smtp-sink/smtp-source or their libraries where expected: see $tmp/x"
+  rm -rf "$tmp"
+  local out; out=$(LD_LIBRARY_PATH=$dir/lib "$dir/smtp-sink" 2>&1 || true)  # no arguments: its usage line
+  [[ $out == *usage:* ]] || die "$dir/smtp-sink does not run: check its libraries with LD_LIBRARY_PATH=$dir/lib ldd $dir/smtp-sink"
+}
+
 deps() {
   deps_apt
   deps_ferretdb
   deps_python
+  deps_postfix_tools
 }
 
 nginx_objs() {

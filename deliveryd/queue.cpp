@@ -86,11 +86,25 @@ Queue::Queue(struct ev_loop *loop, const Config &cfg, Handler handler, std::func
     mover_.data = this;
     ev_timer_init(&sweep_, sweep_cb, 0, cfg.retry_interval);
     sweep_.data = this;
+    ev_timer_init(&retry_, retry_cb, 1, 0);
+    retry_.data = this;
 }
 
 Queue::~Queue() {
     ev_timer_stop(loop_, &mover_);
     ev_timer_stop(loop_, &sweep_);
+    ev_timer_stop(loop_, &retry_);
+}
+
+void Queue::retry_later() {
+    if (!ev_is_active(&retry_)) ev_timer_start(loop_, &retry_);
+}
+
+void Queue::retry_cb(struct ev_loop *, ev_timer *w, int) {
+    auto *self = static_cast<Queue *>(w->data);
+    if (!self->reader_.connected()) return;  // on_connect starts over
+    if (!self->group_ready_) self->ensure_group();
+    else self->read_more();
 }
 
 void Queue::start() {
@@ -117,7 +131,9 @@ void Queue::ensure_group() {
             sweep_cb(loop_, &sweep_, 0);
             read_more();
         } else if (r) {
-            log_error("cannot create the consumer group", {{"error", r->str}});
+            // e.g. LOADING while Redis reads its data back after a restart
+            log_error("cannot create the consumer group, retrying", {{"error", r->str}});
+            retry_later();
         }
     });
 }
@@ -133,9 +149,14 @@ void Queue::read_more() {
                                     reading_ = false;
                                     if (r && r->type == REDIS_REPLY_ERROR) {
                                         log_error("XREADGROUP failed", {{"error", r->str}});
-                                        if (std::strncmp(r->str, "NOGROUP", 7) == 0) {
+                                        // NOGROUP, or UNBLOCKED: the stream (and its group) was
+                                        // deleted while this read waited
+                                        if (std::strncmp(r->str, "NOGROUP", 7) == 0 ||
+                                            std::strncmp(r->str, "UNBLOCKED", 9) == 0) {
                                             group_ready_ = false;
                                             ensure_group();
+                                        } else {
+                                            retry_later();  // nothing else would read again
                                         }
                                         return;
                                     }

@@ -47,14 +47,16 @@ public:
 private:
     static void mover_cb(struct ev_loop *, ev_timer *w, int);
     static void sweep_cb(struct ev_loop *, ev_timer *w, int);
+    static void retry_cb(struct ev_loop *, ev_timer *w, int);
     void ensure_group();
+    void retry_later();  // after an error reply: the group, or the next read, again in a second
 
     struct ev_loop *loop_;
     const Config &cfg_;
     Handler handler_;
     std::function<int()> capacity_;
     RedisAsync reader_, cmd_;
-    ev_timer mover_, sweep_;
+    ev_timer mover_, sweep_, retry_;
     bool reading_ = false, stopping_ = false, group_ready_ = false;
 };
 

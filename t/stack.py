@@ -28,6 +28,15 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # sanitizer report lands in <stack dir>/sanitizer.<pid>.
 SANITIZE = os.environ.get("MAILAPI_SANITIZE") == "1"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+# smtp-sink and smtp-source with the two postfix libraries they need (see
+# deps_postfix_tools in build.sh); not installed as the machine's MTA.
+POSTFIX = os.path.join(ROOT, "build", "postfix")
+
+
+def postfix_env():
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.path.join(POSTFIX, "lib")
+    return env
 
 
 def free_port():
@@ -229,6 +238,60 @@ class Stack:
         self.standin = self.spawn("standin", argv, port)
         return self.standin
 
+    def start_http_sink(self, port=None, name="httpsink"):
+        """A fast stand-in for SendGrid's POST /v3/mail/send: Debian's nginx
+        (no module) answering 202 after reading and discarding the body, on
+        keepalive connections. Under /hold/ the same answer is held back by
+        limit_req (1 request a minute, the rest queued), for a provider that
+        keeps every request waiting (1 a minute gets through)."""
+        port = port or free_port()
+        conf = os.path.join(self.dir, name + ".conf")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+master_process on;
+pid {self.dir}/{name}.pid;
+error_log {self.dir}/{name}-error.log warn;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.dir}/{name}-body;
+    proxy_temp_path {self.dir}/{name}-proxy;
+    fastcgi_temp_path {self.dir}/{name}-fastcgi;
+    uwsgi_temp_path {self.dir}/{name}-uwsgi;
+    scgi_temp_path {self.dir}/{name}-scgi;
+    client_body_buffer_size 64k;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    limit_req_zone $binary_remote_addr zone=hold:1m rate=1r/m;
+    limit_req_log_level info;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v3/mail/send {{ return 202; }}
+        # limit_req acts after the rewrite phase, where `return` would answer: a proxy (content phase)
+        location = /hold/v3/mail/send {{
+            limit_req zone=hold burst=1000000;
+            proxy_pass http://127.0.0.1:{port}/v3/mail/send;
+        }}
+    }}
+}}
+""")
+        proc = self.spawn(name, [NGINX, "-c", conf, "-e", os.path.join(self.dir, name + "-error.log")], port)
+        proc.conf = conf
+        return proc
+
+    def start_smtp_sink(self, port=None, name="smtpsink"):
+        """postfix's smtp-sink (C, from Debian's postfix package, extracted
+        by ./build.sh deps): accepts every mail and throws it away."""
+        port = port or free_port()
+        argv = [os.path.join(POSTFIX, "smtp-sink")]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]  # it refuses to run as root otherwise
+        # -m: connections served at once (default 256)
+        argv += ["-h", "mailapi.test", "-m", "2048", f"127.0.0.1:{port}", "4096"]
+        return self.spawn(name, argv, port, env=postfix_env())
+
     def standin_conf(self):
         base = f"http://127.0.0.1:{self.standin.port}"
         return {"sendgrid_url": base, "sendgrid_api_key": self.standin_keys["sendgrid"],
@@ -283,11 +346,21 @@ class Stack:
     def start_deliveryd(self, name="deliveryd", lines=(), **overrides):
         path = os.path.join(self.dir, name + ".conf")
         conf = self.write_deliveryd_conf(path, lines, **overrides)
+        log = os.path.join(self.dir, name + ".log")
+        offset = os.path.getsize(log) if os.path.exists(log) else 0  # an earlier run's lines are not this one's
         proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
         proc.admin = "http://" + conf["admin_listen"]
         proc.conf = path
         deadline = time.time() + 30
-        while '"msg":"started"' not in proc.log_tail(200):
+
+        def started():
+            # "started" is among the first lines; a busy deliveryd may have
+            # logged hundreds more by the time this looks (no tail then)
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return b'"msg":"started"' in f.read(1 << 20)
+
+        while not started():
             if not proc.alive() or time.time() > deadline:
                 raise RuntimeError(f"deliveryd did not start; log {proc.log}:\n{proc.log_tail()}")
             time.sleep(0.05)
