@@ -57,11 +57,12 @@ ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &mul
         std::unique_ptr<Provider> p = make_provider(loop, spec, cfg, multi, err);
         if (!p) return;
         int rate = option_int(spec, "rate"), burst = option_int(spec, "burst");
+        // No more sends at once than connections: the others wait without a
+        // transfer (and its buffers) of their own.
         int concurrency = option_int(spec, "concurrency");
-        if (rate > 0 || concurrency > 0) {
-            p = std::make_unique<Throttle>(loop, std::move(p), rate, burst > 0 ? burst : std::max(1, rate),
-                                           concurrency);
-        }
+        concurrency = concurrency > 0 ? std::min(concurrency, cfg.connections_per_host) : cfg.connections_per_host;
+        p = std::make_unique<Throttle>(loop, std::move(p), rate, burst > 0 ? burst : std::max(1, rate), concurrency,
+                                       cfg);
         providers_[spec.name] = Entry{spec, b, std::make_shared<Breaker>(loop, std::move(p), b)};
     }
 }

@@ -3,14 +3,19 @@
 #include <algorithm>
 
 Throttle::Throttle(struct ev_loop *loop, std::unique_ptr<Provider> inner, double rate, double burst,
-                   int concurrency)
+                   int concurrency, const Config &cfg)
     : loop_(loop), inner_(std::move(inner)), rate_(rate), burst_(std::max(1.0, burst)), tokens_(burst_),
-      concurrency_(concurrency), last_(ev_now(loop)) {
+      concurrency_(concurrency), cfg_(cfg), last_(ev_now(loop)) {
     ev_timer_init(&timer_, timer_cb, 0, 0);
     timer_.data = this;
+    ev_timer_init(&expiry_, expire_cb, 0, 0);
+    expiry_.data = this;
 }
 
-Throttle::~Throttle() { ev_timer_stop(loop_, &timer_); }
+Throttle::~Throttle() {
+    ev_timer_stop(loop_, &timer_);
+    ev_timer_stop(loop_, &expiry_);
+}
 
 void Throttle::refill() {
     ev_tstamp now = ev_now(loop_);
@@ -27,7 +32,7 @@ void Throttle::drain() {
     while (!waiting_.empty() && tokens_ >= 1 && (concurrency_ <= 0 || active_ < concurrency_)) {
         if (rate_ > 0) tokens_ -= 1;
         active_++;
-        std::function<void()> go = std::move(waiting_.front());
+        std::function<void()> go = std::move(waiting_.front().go);
         waiting_.pop_front();
         go();
     }
@@ -36,19 +41,35 @@ void Throttle::drain() {
         ev_timer_set(&timer_, (1 - tokens_) / rate_, 0);
         ev_timer_start(loop_, &timer_);
     }
+    if (!waiting_.empty() && !ev_is_active(&expiry_)) {
+        ev_timer_set(&expiry_, std::max(0.0, waiting_.front().since + cfg_.send_timeout - ev_now(loop_)), 0);
+        ev_timer_start(loop_, &expiry_);
+    }
+}
+
+void Throttle::expire() {
+    ev_tstamp now = ev_now(loop_);
+    while (!waiting_.empty() && now - waiting_.front().since >= cfg_.send_timeout) {
+        std::function<void(SendOutcome)> done = std::move(waiting_.front().done);
+        waiting_.pop_front();
+        done({SendResult::transient, 0, "no free connection within send_timeout", true});
+    }
+    drain();
 }
 
 void Throttle::timer_cb(struct ev_loop *, ev_timer *w, int) { static_cast<Throttle *>(w->data)->drain(); }
+void Throttle::expire_cb(struct ev_loop *, ev_timer *w, int) { static_cast<Throttle *>(w->data)->expire(); }
 
 void Throttle::send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
                     std::function<void(SendOutcome)> done) {
     // msg lives in the delivery job until done runs, so it may be referenced here
-    waiting_.push_back([this, message_id, tenant, &msg, done] {
+    auto go = [this, message_id, tenant, &msg, done] {
         inner_->send(message_id, tenant, msg, [this, done](SendOutcome out) {
             active_--;
             done(out);
             drain();
         });
-    });
+    };
+    waiting_.push_back({ev_now(loop_), std::move(go), std::move(done)});
     drain();
 }

@@ -201,3 +201,24 @@ def test_a_providers_concurrency_cap(two_tenants, concurrency):
         assert seen == [1, 1, 1, 1]
     else:  # the control: unlimited, the SMTP server sees them at once
         assert max(seen) > 1, seen
+
+
+def test_sends_waiting_for_a_hung_providers_connection_fail_over(two_tenants):
+    s, tokens, api, control = two_tenants
+    requests.post(f"{control}/_control/sendgrid", json={"mode": "timeout", "count": -1}, timeout=5)
+    sg, _, mx = accounts(s)
+    s.start_deliveryd(lines=[sg + " concurrency=1", mx, "route * sg, mx"], breaker_min_requests="1000")
+    ids = [api.send(message(f"hung{i}@example.org"), tokens["acme"]).json()["id"] for i in range(3)]
+    reasons = []
+    for mid in ids:
+        rec = api.wait_status(mid, tokens["acme"], "sent", timeout=15)  # send_timeout 4 s each, not 3 x 4 s
+        failed = rec["events"][1]
+        assert (failed["type"], failed["provider"], rec["events"][-1]["provider"]) == (
+            "provider_failed", "sg", "mx"), rec["events"]
+        reasons.append(failed["reason"])
+    # the first held the only connection until curl's timeout; the second got
+    # it as the first let go (or expired just then); the third waited its
+    # send_timeout for one, never tried
+    assert reasons[2] == "no free connection within send_timeout", reasons
+    assert all(r in ("Timeout was reached", "no free connection within send_timeout") for r in reasons), reasons
+    assert requests.get(f"{control}/_requests/sendgrid", timeout=5).json()["count"] <= 2
