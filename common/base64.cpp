@@ -2,6 +2,9 @@
 
 #include <openssl/evp.h>
 
+#include <array>
+#include <cstdint>
+
 namespace mailapi {
 
 std::string base64_encode(std::string_view in) {
@@ -66,20 +69,44 @@ bool base64_decode(std::string_view in, std::string &out) {
     return true;
 }
 
+// One pass with a table: envelopes are decoded once per delivery.
 bool base64url_decode(std::string_view in, std::string &out) {
-    if (in.size() % 4 == 1) return false;
-    std::string std_form;
-    std_form.reserve(in.size() + 3);
-    for (char c : in) {
-        if (c == '-') std_form.push_back('+');
-        else if (c == '_') std_form.push_back('/');
-        else if (c == '+' || c == '/' || c == '=') return false;
-        else std_form.push_back(c);
+    static const std::array<signed char, 256> value = [] {
+        std::array<signed char, 256> t{};
+        t.fill(-1);
+        const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for (int i = 0; i < 64; i++) t[static_cast<unsigned char>(alphabet[i])] = static_cast<signed char>(i);
+        return t;
+    }();
+    auto v = [&](size_t i) { return static_cast<int>(value[static_cast<unsigned char>(in[i])]); };
+    size_t rem = in.size() % 4;
+    if (rem == 1) return false;
+    std::string buf(in.size() / 4 * 3 + (rem ? rem - 1 : 0), '\0');
+    size_t o = 0, i = 0;
+    for (; i + 4 <= in.size(); i += 4) {
+        int a = v(i), b = v(i + 1), c = v(i + 2), d = v(i + 3);
+        if ((a | b | c | d) < 0) return false;
+        uint32_t n = static_cast<uint32_t>(a) << 18 | static_cast<uint32_t>(b) << 12 | static_cast<uint32_t>(c) << 6 |
+                     static_cast<uint32_t>(d);
+        buf[o++] = static_cast<char>(n >> 16);
+        buf[o++] = static_cast<char>(n >> 8);
+        buf[o++] = static_cast<char>(n);
     }
-    while (std_form.size() % 4 != 0) std_form.push_back('=');
-    if (!base64_decode(std_form, out)) return false;
-    // Reject non-canonical encodings (trailing bits set), so one value has one form.
-    return base64url_encode(out) == in;
+    // Canonical only: the bits past the last byte must be zero, so that every
+    // value has one encoding.
+    if (rem == 2) {
+        int a = v(i), b = v(i + 1);
+        if ((a | b) < 0 || (b & 0xf)) return false;
+        buf[o++] = static_cast<char>(a << 2 | b >> 4);
+    } else if (rem == 3) {
+        int a = v(i), b = v(i + 1), c = v(i + 2);
+        if ((a | b | c) < 0 || (c & 0x3)) return false;
+        uint32_t n = static_cast<uint32_t>(a) << 10 | static_cast<uint32_t>(b) << 4 | static_cast<uint32_t>(c) >> 2;
+        buf[o++] = static_cast<char>(n >> 8);
+        buf[o++] = static_cast<char>(n);
+    }
+    out.swap(buf);
+    return true;
 }
 
 }  // namespace mailapi

@@ -1,5 +1,6 @@
-// MongoDB records, written from a thread of their own (libmongoc blocks) in
-// batches. One document per message, keyed by message id: the encrypted
+// MongoDB records, written from threads of their own (libmongoc blocks) in
+// batches, each thread with its connection. A message's writes never overlap
+// (each waits for the previous one), so they stay in order. One document per message, keyed by message id: the encrypted
 // envelope, blind indexes of its recipients, status and event timeline.
 #pragma once
 #include <ev.h>
@@ -60,9 +61,16 @@ private:
         std::string result;  // error, or the status found
     };
 
-    void run();
-    bool connect(std::string &err);
-    void execute(std::vector<std::unique_ptr<Op>> &batch);
+    struct Writer {
+        mongoc_client_t *client = nullptr;
+        mongoc_collection_t *coll = nullptr;
+        std::thread thread;
+        void disconnect();
+    };
+
+    void run(Writer &w);
+    bool connect(Writer &w, std::string &err);
+    void execute(Writer &w, std::vector<std::unique_ptr<Op>> &batch);
     static void async_cb(struct ev_loop *, ev_async *w, int);
 
     struct ev_loop *loop_;
@@ -73,8 +81,6 @@ private:
     std::deque<std::unique_ptr<Op>> todo_, done_;
     bool stop_ = false;
     std::atomic<bool> healthy_{true};
-    // the writer thread's own
-    mongoc_client_t *client_ = nullptr;
-    mongoc_collection_t *coll_ = nullptr;
-    std::thread thread_;
+    std::mutex connect_mu_;
+    std::vector<Writer> writers_;  // sized once: threads hold references
 };

@@ -32,6 +32,9 @@ TEST(Base64, RejectsJunk) {
     EXPECT_FALSE(base64url_decode("+_8", out));     // standard alphabet in url form
     EXPECT_FALSE(base64url_decode("-_9", out));     // non-canonical trailing bits
     EXPECT_FALSE(base64url_decode("A", out));
+    EXPECT_FALSE(base64url_decode("Zh", out));      // non-canonical: one byte with bits to spare
+    EXPECT_FALSE(base64url_decode("Zm9v!m9v", out)); // a character outside the alphabet mid-way
+    EXPECT_TRUE(base64url_decode("Zg", out) && out == "f");
     EXPECT_FALSE(base64_decode("ovv=", out));       // non-canonical trailing bits (found by fuzz_token)
     EXPECT_FALSE(base64_decode("Zm9=", out));
     EXPECT_TRUE(base64_decode("Zm8=", out));
