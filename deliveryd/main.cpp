@@ -248,6 +248,19 @@ int main(int argc, char **argv) {
     }
     if (check) {
         std::printf("deliveryd: configuration ok (keyring: %zu data keys)\n", keyring.data_keys.size());
+        for (const ProviderSpec &p : cfg.provider_specs) {
+            std::printf("  provider %s: %s %s\n", p.name.c_str(), p.type.c_str(), p.get("url").c_str());
+        }
+        for (const auto &r : cfg.routes) {
+            std::string steps;
+            for (const RouteStep &step : r.second) {
+                if (!steps.empty()) steps += ", ";
+                for (size_t i = 0; i < step.names.size(); i++) {
+                    steps += (i ? "|" : "") + step.names[i] + (step.weights[i] != 1 ? ":" + std::to_string(step.weights[i]) : "");
+                }
+            }
+            std::printf("  route %s: %s\n", r.first.c_str(), steps.c_str());
+        }
         return 0;
     }
     if (replay) return replay_dead(cfg, replay_count);

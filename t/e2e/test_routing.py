@@ -186,6 +186,10 @@ def test_check_config_accepts_every_provider_type(tmp_path):
              "route * sg:3|mg:1, aws, mx", "route acme pm, hook"]
     r = check_config(s, lines)
     assert r.returncode == 0, r.stderr
+    # what will be used, without secrets: the unused "pm"/"hook" only on acme's route
+    assert "  route *: sg:3|mg, aws, mx\n" in r.stdout and "  route acme: pm, hook\n" in r.stdout, r.stdout
+    assert "  provider aws: ses https://email.eu-west-1.amazonaws.com\n" in r.stdout
+    assert "s3cret" not in r.stdout and "AKIAX" not in r.stdout
 
 
 @pytest.mark.parametrize("concurrency", [1, 0])
