@@ -160,7 +160,7 @@ def drain(s, r, coll, name, queued, **conf):
     acked and none waits for a retry; returns (msg/s, peak RSS KiB)."""
     coll.drop()
     # send_timeout: conf/deliveryd.conf's 60 s, not the tests' 4 s (see the README)
-    conf = dict(dict(max_in_flight=512, batch=256, send_timeout=60, claim_idle=120, retry_base=1,
+    conf = dict(dict(max_in_flight=2048, batch=512, send_timeout=60, claim_idle=120, retry_base=1,
                      max_attempts=4), **conf, **EXTRA)
     t0 = time.time()
     dd = s.start_deliveryd(name=name, **conf)

@@ -7,7 +7,7 @@
 
 namespace {
 
-constexpr size_t BATCH_MAX = 256;
+constexpr size_t BATCH_MAX = 1024;  // FerretDB: 6.0k docs/s in 256s, 7.0k in 1024s
 // Two connections: FerretDB converts one batch while SQLite commits the other
 // (measured 6.2k -> 7.3k documents/s); MongoDB gains the same way.
 constexpr size_t WRITERS = 2;
