@@ -90,6 +90,21 @@ int replay_dead(const Config &cfg, long count) {
     return rc;
 }
 
+// Credentials that would cross the network in clear: a warning, not an
+// error (a relay on a private network may be trusted).
+void warn_cleartext(const Config &cfg) {
+    for (const ProviderSpec &p : cfg.provider_specs) {
+        const std::string &url = p.get("url");
+        size_t host = url.find("://") + 3;
+        std::string rest = url.substr(host);
+        bool loopback = rest.rfind("127.", 0) == 0 || rest.rfind("localhost", 0) == 0 || rest.rfind("[::1]", 0) == 0;
+        bool clear = p.type == "smtp" ? url.rfind("smtp://", 0) == 0 && p.get("starttls") != "yes" &&
+                                            !p.get("username").empty()
+                                      : url.rfind("http://", 0) == 0;
+        if (clear && !loopback) log_warn("credentials would travel unencrypted", {{"provider", p.name}});
+    }
+}
+
 struct Daemon {
     struct ev_loop *loop;
     Config &cfg;
@@ -207,6 +222,7 @@ struct Daemon {
             log_error("reload failed, keeping the running configuration", {{"error", err}});
             return;
         }
+        warn_cleartext(next);
         d->cfg = std::move(next);  // read in place by everything holding it
         d->keyring = std::move(ring);
         d->providers = set;
@@ -277,6 +293,7 @@ int main(int argc, char **argv) {
             std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
             return 1;
         }
+        warn_cleartext(cfg);
         daemon.queue->start();
         log_info("started", {{"consumer", cfg.consumer}, {"stream", cfg.stream},
                              {"max_in_flight", std::to_string(cfg.max_in_flight)}});

@@ -226,3 +226,16 @@ def test_sends_waiting_for_a_hung_providers_connection_fail_over(two_tenants):
     assert reasons[2] == "no free connection within send_timeout", reasons
     assert all(r in ("Timeout was reached", "no free connection within send_timeout") for r in reasons), reasons
     assert requests.get(f"{control}/_requests/sendgrid", timeout=5).json()["count"] <= 2
+
+
+def test_cleartext_credentials_are_warned_about(two_tenants):
+    s, tokens, api, control = two_tenants
+    dd = s.start_deliveryd(lines=accounts(s) + [
+        "provider far sendgrid url=http://192.0.2.1 api_key=k",  # TEST-NET: never reached
+        "provider relay smtp url=smtp://192.0.2.2 username=u password=p",
+        "provider safe smtp url=smtp://192.0.2.3 username=u password=p starttls=yes",
+        "route * sg, mx", "route globex far, relay, safe"])
+    log = dd.log_tail(50)
+    warned = [line for line in log.splitlines() if "unencrypted" in line]
+    assert len(warned) == 2 and '"provider":"far"' in warned[0] + warned[1] and '"provider":"relay"' in "".join(warned)
+    assert '"k"' not in log and "password" not in log  # names, never secrets
