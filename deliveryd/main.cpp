@@ -302,6 +302,7 @@ int main(int argc, char **argv) {
         log_info("stopped", {{"consumer", cfg.consumer}});
     }
     mongoc_cleanup();
-    curl_global_cleanup();
+    // No curl_global_cleanup(): after a grace timeout an SMTP thread may still
+    // be inside a transfer (its message stays queued for another instance).
     return 0;
 }

@@ -150,6 +150,20 @@ def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
     assert '"msg":"stopped"' in d.log_tail()
 
 
+def test_sigterm_past_the_grace_leaves_the_send_to_another_instance(crash_stack):
+    s, token, api = crash_stack
+    d = s.start_deliveryd(shutdown_grace="1", send_timeout="10", claim_idle="11")
+    mid = api.send(message(rcpt_with("slow5")), token).json()["id"]
+    time.sleep(0.7)  # an SMTP thread is inside the transfer, 5 s at DATA
+    t0 = time.time()
+    assert d.stop(signal.SIGTERM, timeout=15) == 0  # a clean exit with the transfer still under way
+    assert time.time() - t0 < 4
+    assert "grace period over" in d.log_tail()
+    s.start_deliveryd(name="deliveryd2", send_timeout="10", claim_idle="11")
+    wait_terminal(s, [mid], timeout=40)  # taken over after claim_idle, sent again in full
+    assert Mailbox(s.maildir).count(mid) >= 1
+
+
 def test_redis_restart_and_store_outage_lose_nothing(crash_stack):
     s, token, api = crash_stack
     s.start_deliveryd(claim_idle="2", send_timeout="1")
