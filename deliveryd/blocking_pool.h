@@ -1,6 +1,6 @@
 // Threads for libcurl transfers that block. libcurl's SMTP waits for the
 // reply to the end of DATA synchronously even on the multi interface (curl
-// issue 8555, in its TODO), which would stall the whole event loop for as
+// issue 8555, on its to-do list), which would stall the whole event loop for as
 // long as a relay takes to answer; so SMTP sends run here, each thread with
 // its own easy handle whose connection is reused, and the outcomes come
 // back to the loop through an ev_async.

@@ -34,20 +34,17 @@ std::string json_field(const std::string &body, const char *key) {
     return s ? s : "";
 }
 
-// "Name" <a@b>, or =?UTF-8?B?...?= <a@b>, on one line: the APIs take header
-// values without folding.
-std::string rfc5322(const mailapi::Address &a) {
-    std::string out = mailapi::mime_address(a);
-    for (size_t pos; (pos = out.find("\r\n")) != std::string::npos;) out.erase(pos, 2);
-    return out;
+// The APIs take header values on one line, without folding.
+std::string unfolded(std::string folded) {
+    for (size_t pos; (pos = folded.find("\r\n")) != std::string::npos;) folded.erase(pos, 2);
+    return folded;
 }
 
-// Any header text as printable ASCII on one line (RFC 2047 when needed).
-std::string header_value(const std::string &v) {
-    std::string out = mailapi::mime_header_text(v);
-    for (size_t pos; (pos = out.find("\r\n")) != std::string::npos;) out.erase(pos, 2);
-    return out;
-}
+// "Name" <a@b>, or =?UTF-8?B?...?= <a@b>
+std::string rfc5322(const mailapi::Address &a) { return unfolded(mailapi::mime_address(a)); }
+
+// Any header text as printable ASCII (RFC 2047 when needed).
+std::string header_value(const std::string &v) { return unfolded(mailapi::mime_header_text(v)); }
 
 std::string joined(const std::vector<mailapi::Address> &list) {
     std::string out;
@@ -178,8 +175,7 @@ std::string sendgrid_body(const std::string &id, const mailapi::Message &m) {
     if (!m.cc.empty()) json_object_set_new(p, "cc", sendgrid_addresses(m.cc));
     if (!m.bcc.empty()) json_object_set_new(p, "bcc", sendgrid_addresses(m.bcc));
     json_t *args = json_object();
-    json_object_set_new(args, "mailapi_id", str(id));
-    for (const auto &kv : m.metadata) json_object_set_new(args, kv.first.c_str(), str(kv.second));
+    for (const auto &kv : metadata_with_id(id, m)) json_object_set_new(args, kv.first.c_str(), str(kv.second));
     json_object_set_new(p, "custom_args", args);
     json_t *pers = json_array();
     json_array_append_new(pers, p);

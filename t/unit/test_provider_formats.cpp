@@ -149,6 +149,11 @@ TEST(SendGrid, Body) {
     EXPECT_EQ(get(b.get(), "attachments.0.content"), full_message().attachments[0].content_base64);
     EXPECT_EQ(get(b.get(), "categories.1"), "onboarding");
 
+    Message m = minimal_message();  // a user's metadata cannot replace our id
+    m.metadata = {{"mailapi_id", "spoof"}};
+    Json spoof = parse(sendgrid_body(ID, m));
+    EXPECT_EQ(get(json_array_get(json_object_get(spoof.get(), "personalizations"), 0), "custom_args.mailapi_id"), ID);
+
     Json min = parse(sendgrid_body(ID, minimal_message()));
     p = json_array_get(json_object_get(min.get(), "personalizations"), 0);
     EXPECT_EQ(json_object_get(p, "cc"), nullptr);
