@@ -11,8 +11,8 @@
 namespace {
 
 std::unique_ptr<Provider> make_provider(struct ev_loop *loop, const ProviderSpec &spec, const Config &cfg,
-                                        CurlMulti &multi, std::string &err) {
-    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop);
+                                        CurlMulti &multi, int concurrency, std::string &err) {
+    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop, concurrency);
     if (spec.type == "sendgrid") return std::make_unique<SendgridProvider>(spec, cfg, multi);
     if (spec.type == "mailgun") return std::make_unique<MailgunProvider>(spec, cfg, multi);
     if (spec.type == "postmark") return std::make_unique<PostmarkProvider>(spec, cfg, multi);
@@ -54,13 +54,13 @@ ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &mul
                 continue;
             }
         }
-        std::unique_ptr<Provider> p = make_provider(loop, spec, cfg, multi, err);
-        if (!p) return;
-        int rate = option_int(spec, "rate"), burst = option_int(spec, "burst");
         // No more sends at once than connections: the others wait without a
         // transfer (and its buffers) of their own.
         int concurrency = option_int(spec, "concurrency");
         concurrency = concurrency > 0 ? std::min(concurrency, cfg.connections_per_host) : cfg.connections_per_host;
+        std::unique_ptr<Provider> p = make_provider(loop, spec, cfg, multi, concurrency, err);
+        if (!p) return;
+        int rate = option_int(spec, "rate"), burst = option_int(spec, "burst");
         p = std::make_unique<Throttle>(loop, std::move(p), rate, burst > 0 ? burst : std::max(1, rate), concurrency,
                                        cfg);
         providers_[spec.name] = Entry{spec, b, std::make_shared<Breaker>(loop, std::move(p), b)};

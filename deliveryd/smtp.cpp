@@ -1,7 +1,5 @@
 #include "smtp.h"
 
-#include <algorithm>
-#include <cstdlib>
 #include <ctime>
 #include <memory>
 #include <new>
@@ -81,12 +79,9 @@ SendOutcome classify(CURLcode rc, CURL *easy) {
 
 }  // namespace
 
-SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop)
+SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop, int threads)
     : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
-      starttls_(spec.get("starttls") == "yes"), cacert_(spec.get("cacert")), cfg_(cfg),
-      pool_(loop, spec.get("concurrency").empty() || spec.get("concurrency") == "0"
-                      ? cfg.connections_per_host
-                      : std::min(cfg.connections_per_host, std::atoi(spec.get("concurrency").c_str()))) {}
+      starttls_(spec.get("starttls") == "yes"), cacert_(spec.get("cacert")), cfg_(cfg), pool_(loop, threads) {}
 
 void SmtpProvider::send(const std::string &message_id, const std::string &, const mailapi::Message &msg,
                         std::function<void(SendOutcome)> done) {

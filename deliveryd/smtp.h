@@ -14,8 +14,8 @@
 
 class SmtpProvider : public Provider {
 public:
-    // Threads: the spec's concurrency, at most connections_per_host.
-    SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop);
+    // One thread (and connection) per send at once: the provider's concurrency.
+    SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop, int threads);
 
     const std::string &name() const override { return name_; }
     void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,

@@ -38,7 +38,11 @@ def providers_of(api, token, ids, timeout=30):
     return out
 
 
-def check_config(s, lines, **overrides):
+def check_config(tmp_path, lines, **overrides):
+    """deliveryd --check-config on these settings (no servers needed)."""
+    s = stackmod.Stack(str(tmp_path))
+    s.redis = s.mongo = s.smtp = type("P", (), {"port": 1})()
+    s.add_key("k", "acme")  # writes the keyring
     path = os.path.join(s.dir, "check.conf")
     s.write_deliveryd_conf(path, lines, **overrides)
     return subprocess.run([stackmod.DELIVERYD, "-c", path, "--check-config"], capture_output=True, text=True,
@@ -164,17 +168,11 @@ def wait_log(proc, needle, timeout=10):
     ([], {"providers": "sendgrid"}, "needs api_key"),
 ])
 def test_check_config_explains_bad_provider_settings(tmp_path, lines, overrides, error):
-    s = stackmod.Stack(str(tmp_path))
-    s.redis = s.mongo = s.smtp = type("P", (), {"port": 1})()
-    s.add_key("k", "acme")
-    r = check_config(s, lines, **overrides)
+    r = check_config(tmp_path, lines, **overrides)
     assert r.returncode == 1 and error in r.stderr, r.stderr
 
 
 def test_check_config_accepts_every_provider_type(tmp_path):
-    s = stackmod.Stack(str(tmp_path))
-    s.redis = s.mongo = s.smtp = type("P", (), {"port": 1})()
-    s.add_key("k", "acme")
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     lines = ["provider mx smtp url=smtps://mail.example.com:465 username=u password_file=" + str(secret),
@@ -184,7 +182,7 @@ def test_check_config_accepts_every_provider_type(tmp_path):
              "provider aws ses region=eu-west-1 access_key_id=AKIAX secret_access_key_file=" + str(secret),
              "provider hook http url=https://hooks.example.com/mail",
              "route * sg:3|mg:1, aws, mx", "route acme pm, hook"]
-    r = check_config(s, lines)
+    r = check_config(tmp_path, lines)
     assert r.returncode == 0, r.stderr
     # what will be used, without secrets: the unused "pm"/"hook" only on acme's route
     assert "  route *: sg:3|mg, aws, mx\n" in r.stdout and "  route acme: pm, hook\n" in r.stdout, r.stdout
