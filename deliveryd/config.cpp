@@ -232,7 +232,10 @@ struct Loader {
         ProviderSpec spec{f[1], f[2], {}};
         for (size_t i = 3; i < f.size(); i++) {
             size_t eq = f[i].find('=');
-            if (eq == std::string::npos || eq == 0) return "provider " + f[1] + ": expected key=value, got " + f[i];
+            if (eq == std::string::npos || eq == 0) {
+                // not echoed: a misplaced secret would land in the log
+                return "provider " + f[1] + ": field " + std::to_string(i + 1) + " is not key=value";
+            }
             std::string e = provider_option(spec, f[i].substr(0, eq), f[i].substr(eq + 1));
             if (!e.empty()) return e;
         }

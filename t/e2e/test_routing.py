@@ -157,6 +157,7 @@ def wait_log(proc, needle, timeout=10):
     (["provider a ses region=eu-west-1 access_key_id=AKIA", "route * a"], {}, "needs secret_access_key"),
     (["provider a smtp rate=fast", "route * a"], {}, "rate must be"),
     (["provider a smtp", "provider a smtp", "route * a"], {}, "defined twice"),
+    (["provider a sendgrid SG.secret", "route * a"], {}, "field 4 is not key=value"),
     (["provider a smtp password_file=/nonexistent", "route * a"], {}, "cannot read /nonexistent"),
     (["provider a smtp api_key_file=/etc/hostname", "route * a"], {}, 'no setting "api_key"'),
     (["route * nosuch"], {}, 'provider "nosuch", which no provider line defines'),
@@ -170,6 +171,7 @@ def wait_log(proc, needle, timeout=10):
 def test_check_config_explains_bad_provider_settings(tmp_path, lines, overrides, error):
     r = check_config(tmp_path, lines, **overrides)
     assert r.returncode == 1 and error in r.stderr, r.stderr
+    assert "SG.secret" not in r.stderr  # a stray value is not echoed
 
 
 def test_check_config_accepts_every_provider_type(tmp_path):
