@@ -48,12 +48,13 @@ std::string mime_address(const Address &a) {
     return name + " <" + a.email + ">";
 }
 
-std::string rfc5322_date(time_t t) {
+std::string utc_strftime(time_t t, const char *format) {
     struct tm tm;
     gmtime_r(&t, &tm);
     char buf[64];
-    strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    return buf;
+    return strftime(buf, sizeof buf, format, &tm) ? buf : "";
 }
+
+std::string rfc5322_date(time_t t) { return utc_strftime(t, "%a, %d %b %Y %H:%M:%S +0000"); }
 
 }  // namespace mailapi

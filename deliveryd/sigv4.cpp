@@ -7,6 +7,7 @@
 #include <cctype>
 #include <map>
 
+#include "mime.h"
 #include "ossl.h"
 
 namespace {
@@ -69,13 +70,7 @@ std::string trim_value(const std::string &v) {
 
 }  // namespace
 
-std::string sigv4_amz_date(time_t t) {
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    char buf[32];
-    strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
-    return buf;
-}
+std::string sigv4_amz_date(time_t t) { return mailapi::utc_strftime(t, "%Y%m%dT%H%M%SZ"); }
 
 std::string sigv4_canonical_request(const SigV4Request &req, const std::string &amz_date,
                                     const std::string &session_token, std::string *signed_headers) {
