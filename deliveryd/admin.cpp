@@ -47,7 +47,7 @@ bool Admin::listen(const std::string &address, std::string &err) {
     return true;
 }
 
-void Admin::accept_cb(struct ev_loop *loop, ev_io *w, int) {
+void Admin::accept_cb(struct ev_loop *loop, ev_io *w, int) noexcept {
     auto *self = static_cast<Admin *>(w->data);
     int fd = accept4(self->fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
@@ -68,9 +68,9 @@ void Admin::close_conn(struct ev_loop *loop, Conn *c) {
     delete c;
 }
 
-void Admin::timeout_cb(struct ev_loop *loop, ev_timer *w, int) { close_conn(loop, static_cast<Conn *>(w->data)); }
+void Admin::timeout_cb(struct ev_loop *loop, ev_timer *w, int) noexcept { close_conn(loop, static_cast<Conn *>(w->data)); }
 
-void Admin::read_cb(struct ev_loop *loop, ev_io *w, int) {
+void Admin::read_cb(struct ev_loop *loop, ev_io *w, int) noexcept {
     auto *c = static_cast<Conn *>(w->data);
     char buf[2048];
     ssize_t n = read(w->fd, buf, sizeof buf);

@@ -17,9 +17,9 @@ public:
 
 private:
     struct Conn;
-    static void accept_cb(struct ev_loop *loop, ev_io *w, int);
-    static void read_cb(struct ev_loop *loop, ev_io *w, int);
-    static void timeout_cb(struct ev_loop *loop, ev_timer *w, int);
+    static void accept_cb(struct ev_loop *loop, ev_io *w, int) noexcept;
+    static void read_cb(struct ev_loop *loop, ev_io *w, int) noexcept;
+    static void timeout_cb(struct ev_loop *loop, ev_timer *w, int) noexcept;
     static void close_conn(struct ev_loop *loop, Conn *c);
 
     struct ev_loop *loop_;

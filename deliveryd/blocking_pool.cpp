@@ -53,7 +53,7 @@ void BlockingPool::worker() {
     }
 }
 
-void BlockingPool::async_cb(struct ev_loop *, ev_async *w, int) {
+void BlockingPool::async_cb(struct ev_loop *, ev_async *w, int) noexcept {
     auto *self = static_cast<BlockingPool *>(w->data);
     std::deque<std::unique_ptr<Task>> finished;
     {

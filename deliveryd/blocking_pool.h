@@ -40,7 +40,7 @@ private:
         SendOutcome out;
     };
     void worker();
-    static void async_cb(struct ev_loop *loop, ev_async *w, int revents);
+    static void async_cb(struct ev_loop *loop, ev_async *w, int revents) noexcept;
 
     struct ev_loop *loop_;
     std::mutex mu_;

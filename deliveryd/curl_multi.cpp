@@ -31,7 +31,7 @@ bool CurlMulti::add(CURL *easy, Done done) {
     return true;
 }
 
-int CurlMulti::socket_cb(CURL *, curl_socket_t s, int what, void *userp, void *socketp) {
+int CurlMulti::socket_cb(CURL *, curl_socket_t s, int what, void *userp, void *socketp) noexcept {
     auto *self = static_cast<CurlMulti *>(userp);
     auto *w = static_cast<Watch *>(socketp);
     if (what == CURL_POLL_REMOVE) {
@@ -55,7 +55,7 @@ int CurlMulti::socket_cb(CURL *, curl_socket_t s, int what, void *userp, void *s
     return 0;
 }
 
-int CurlMulti::timer_cb(CURLM *, long timeout_ms, void *userp) {
+int CurlMulti::timer_cb(CURLM *, long timeout_ms, void *userp) noexcept {
     auto *self = static_cast<CurlMulti *>(userp);
     ev_timer_stop(self->loop_, &self->timer_);
     if (timeout_ms >= 0) {
@@ -65,7 +65,7 @@ int CurlMulti::timer_cb(CURLM *, long timeout_ms, void *userp) {
     return 0;
 }
 
-void CurlMulti::io_cb(struct ev_loop *, ev_io *w, int revents) {
+void CurlMulti::io_cb(struct ev_loop *, ev_io *w, int revents) noexcept {
     auto *watch = static_cast<Watch *>(w->data);
     CurlMulti *self = watch->owner;
     int flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
@@ -73,7 +73,7 @@ void CurlMulti::io_cb(struct ev_loop *, ev_io *w, int revents) {
     self->check_done();
 }
 
-void CurlMulti::timeout_cb(struct ev_loop *, ev_timer *w, int) {
+void CurlMulti::timeout_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<CurlMulti *>(w->data);
     curl_multi_socket_action(self->multi_, CURL_SOCKET_TIMEOUT, 0, &self->running_);
     self->check_done();

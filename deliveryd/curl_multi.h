@@ -24,10 +24,10 @@ public:
 
 private:
     struct Watch;
-    static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp);
-    static int timer_cb(CURLM *multi, long timeout_ms, void *userp);
-    static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
-    static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents);
+    static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) noexcept;
+    static int timer_cb(CURLM *multi, long timeout_ms, void *userp) noexcept;
+    static void io_cb(struct ev_loop *loop, ev_io *w, int revents) noexcept;
+    static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
     void check_done();
 
     struct ev_loop *loop_;

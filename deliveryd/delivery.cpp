@@ -26,7 +26,7 @@ struct Timer {
     std::function<void()> fn;
 };
 
-void timer_cb(struct ev_loop *loop, ev_timer *w, int) {
+void timer_cb(struct ev_loop *loop, ev_timer *w, int) noexcept {
     auto *t = static_cast<Timer *>(w->data);
     ev_timer_stop(loop, w);
     std::function<void()> fn = std::move(t->fn);

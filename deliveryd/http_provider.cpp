@@ -21,7 +21,7 @@ struct HttpSend {
     }
 };
 
-size_t collect(char *data, size_t size, size_t n, void *userp) {
+size_t collect(char *data, size_t size, size_t n, void *userp) noexcept {
     auto *out = static_cast<std::string *>(userp);
     if (out->size() < 65536) out->append(data, std::min<size_t>(size * n, 65536 - out->size()));
     return size * n;

@@ -149,7 +149,7 @@ struct Daemon {
         ev_timer_start(loop, &sampler);
     }
 
-    static void on_sample(struct ev_loop *, ev_timer *w, int) {
+    static void on_sample(struct ev_loop *, ev_timer *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         d->queue->sample(d->metrics);
     }
@@ -177,7 +177,7 @@ struct Daemon {
         return "not found\n";
     }
 
-    static void on_stop(struct ev_loop *loop, ev_signal *w, int) {
+    static void on_stop(struct ev_loop *loop, ev_signal *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         if (d->stopping_since) return;
         log_info("stopping: finishing what is in flight", {{"in_flight", std::to_string(d->delivery.in_flight())},
@@ -188,7 +188,7 @@ struct Daemon {
         ev_timer_start(loop, &d->drain);
     }
 
-    static void on_drain(struct ev_loop *loop, ev_timer *w, int) {
+    static void on_drain(struct ev_loop *loop, ev_timer *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         bool timed_out = ev_now(loop) - d->stopping_since > d->cfg.shutdown_grace;
         if (d->delivery.in_flight() == 0 || timed_out) {
@@ -202,7 +202,7 @@ struct Daemon {
 
     // SIGHUP: the keyring, providers, routes and limits, from the same
     // files; what needs connections redone (redis, mongodb...) needs a restart.
-    static void on_reload(struct ev_loop *, ev_signal *w, int) {
+    static void on_reload(struct ev_loop *, ev_signal *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         Config next;
         mailapi::Keyring ring;

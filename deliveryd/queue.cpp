@@ -100,7 +100,7 @@ void Queue::retry_later() {
     if (!ev_is_active(&retry_)) ev_timer_start(loop_, &retry_);
 }
 
-void Queue::retry_cb(struct ev_loop *, ev_timer *w, int) {
+void Queue::retry_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Queue *>(w->data);
     if (!self->reader_.connected()) return;  // on_connect starts over
     if (!self->group_ready_) self->ensure_group();
@@ -170,7 +170,7 @@ void Queue::read_more() {
     if (!sent) reading_ = false;
 }
 
-void Queue::sweep_cb(struct ev_loop *, ev_timer *w, int) {
+void Queue::sweep_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Queue *>(w->data);
     if (self->stopping_ || !self->group_ready_) return;
     int n = std::min(self->capacity_(), self->cfg_.batch);
@@ -186,7 +186,7 @@ void Queue::sweep_cb(struct ev_loop *, ev_timer *w, int) {
                        });
 }
 
-void Queue::mover_cb(struct ev_loop *, ev_timer *w, int) {
+void Queue::mover_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Queue *>(w->data);
     self->cmd_.command({"EVAL", MOVE_LUA, "2", self->cfg_.stream, self->cfg_.scheduled, std::to_string(now_ms()),
                         "500"},

@@ -45,9 +45,9 @@ public:
     bool connected() const { return cmd_.connected() && reader_.connected(); }
 
 private:
-    static void mover_cb(struct ev_loop *, ev_timer *w, int);
-    static void sweep_cb(struct ev_loop *, ev_timer *w, int);
-    static void retry_cb(struct ev_loop *, ev_timer *w, int);
+    static void mover_cb(struct ev_loop *, ev_timer *w, int) noexcept;
+    static void sweep_cb(struct ev_loop *, ev_timer *w, int) noexcept;
+    static void retry_cb(struct ev_loop *, ev_timer *w, int) noexcept;
     void ensure_group();
     void retry_later();  // after an error reply: the group, or the next read, again in a second
 

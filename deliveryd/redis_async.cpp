@@ -68,7 +68,7 @@ void RedisAsync::gone() {
     backoff_ = std::min(backoff_ * 2, 5.0);
 }
 
-void RedisAsync::connect_cb(const redisAsyncContext *ac, int status) {
+void RedisAsync::connect_cb(const redisAsyncContext *ac, int status) noexcept {
     auto *self = static_cast<RedisAsync *>(ac->data);
     if (self == nullptr) return;
     if (status != REDIS_OK) {
@@ -82,16 +82,16 @@ void RedisAsync::connect_cb(const redisAsyncContext *ac, int status) {
     if (self->on_connect) self->on_connect();
 }
 
-void RedisAsync::disconnect_cb(const redisAsyncContext *ac, int) {
+void RedisAsync::disconnect_cb(const redisAsyncContext *ac, int) noexcept {
     auto *self = static_cast<RedisAsync *>(ac->data);
     if (self) self->gone();
 }
 
-void RedisAsync::reconnect_cb(struct ev_loop *, ev_timer *w, int) {
+void RedisAsync::reconnect_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     static_cast<RedisAsync *>(w->data)->connect();
 }
 
-void RedisAsync::watchdog_cb(struct ev_loop *loop, ev_timer *w, int) {
+void RedisAsync::watchdog_cb(struct ev_loop *loop, ev_timer *w, int) noexcept {
     auto *self = static_cast<RedisAsync *>(w->data);
     if (self->ac_ && self->connected_ && self->outstanding_ && ev_now(loop) - self->last_reply_ > self->reply_timeout_) {
         log_error("redis gave no reply in time, reconnecting", {{"conn", self->name_}});
@@ -99,7 +99,7 @@ void RedisAsync::watchdog_cb(struct ev_loop *loop, ev_timer *w, int) {
     }
 }
 
-void RedisAsync::reply_cb(redisAsyncContext *ac, void *reply, void *privdata) {
+void RedisAsync::reply_cb(redisAsyncContext *ac, void *reply, void *privdata) noexcept {
     auto *cb = static_cast<Callback *>(privdata);
     auto *self = static_cast<RedisAsync *>(ac->data);
     if (self && reply) {

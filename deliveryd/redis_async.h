@@ -26,11 +26,11 @@ public:
     std::function<void()> on_connect;
 
 private:
-    static void connect_cb(const redisAsyncContext *ac, int status);
-    static void disconnect_cb(const redisAsyncContext *ac, int status);
-    static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata);
-    static void reconnect_cb(struct ev_loop *, ev_timer *w, int);
-    static void watchdog_cb(struct ev_loop *, ev_timer *w, int);
+    static void connect_cb(const redisAsyncContext *ac, int status) noexcept;
+    static void disconnect_cb(const redisAsyncContext *ac, int status) noexcept;
+    static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata) noexcept;
+    static void reconnect_cb(struct ev_loop *, ev_timer *w, int) noexcept;
+    static void watchdog_cb(struct ev_loop *, ev_timer *w, int) noexcept;
     void connect();
     void gone();
 

@@ -49,7 +49,7 @@ struct SmtpSend {
     std::string from;
 };
 
-int abort_when_stopping(void *stopping, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+int abort_when_stopping(void *stopping, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
     return static_cast<const std::atomic<bool> *>(stopping)->load() ? 1 : 0;
 }
 

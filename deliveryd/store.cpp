@@ -156,7 +156,7 @@ void Store::status(const std::string &id, StatusDone done) {
     cv_.notify_one();
 }
 
-void Store::async_cb(struct ev_loop *, ev_async *w, int) {
+void Store::async_cb(struct ev_loop *, ev_async *w, int) noexcept {
     auto *self = static_cast<Store *>(w->data);
     std::deque<std::unique_ptr<Op>> done;
     {

@@ -71,7 +71,7 @@ private:
     void run(Writer &w);
     bool connect(Writer &w, std::string &err);
     void execute(Writer &w, std::vector<std::unique_ptr<Op>> &batch);
-    static void async_cb(struct ev_loop *, ev_async *w, int);
+    static void async_cb(struct ev_loop *, ev_async *w, int) noexcept;
 
     struct ev_loop *loop_;
     const std::string uri_;

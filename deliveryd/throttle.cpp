@@ -57,8 +57,8 @@ void Throttle::expire() {
     drain();
 }
 
-void Throttle::timer_cb(struct ev_loop *, ev_timer *w, int) { static_cast<Throttle *>(w->data)->drain(); }
-void Throttle::expire_cb(struct ev_loop *, ev_timer *w, int) { static_cast<Throttle *>(w->data)->expire(); }
+void Throttle::timer_cb(struct ev_loop *, ev_timer *w, int) noexcept { static_cast<Throttle *>(w->data)->drain(); }
+void Throttle::expire_cb(struct ev_loop *, ev_timer *w, int) noexcept { static_cast<Throttle *>(w->data)->expire(); }
 
 void Throttle::send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
                     std::function<void(SendOutcome)> done) {

@@ -33,8 +33,8 @@ private:
     void refill();
     void drain();
     void expire();
-    static void timer_cb(struct ev_loop *, ev_timer *w, int);
-    static void expire_cb(struct ev_loop *, ev_timer *w, int);
+    static void timer_cb(struct ev_loop *, ev_timer *w, int) noexcept;
+    static void expire_cb(struct ev_loop *, ev_timer *w, int) noexcept;
 
     struct ev_loop *loop_;
     std::unique_ptr<Provider> inner_;
