@@ -220,10 +220,10 @@ def test_sends_waiting_for_a_hung_providers_connection_fail_over(two_tenants):
         assert (failed["type"], failed["provider"], rec["events"][-1]["provider"]) == (
             "provider_failed", "sg", "mx"), rec["events"]
         reasons.append(failed["reason"])
-    # the first held the only connection until curl's timeout; the second got
-    # it as the first let go (or expired just then); the third waited its
-    # send_timeout for one, never tried
-    assert reasons[2] == "no free connection within send_timeout", reasons
+    # the first held the only connection until curl's timeout; of the two
+    # behind it, whichever's wait ran out first was never tried, the other
+    # may have got the connection as the first let go of it
+    assert "no free connection within send_timeout" in reasons, reasons
     assert all(r in ("Timeout was reached", "no free connection within send_timeout") for r in reasons), reasons
     assert requests.get(f"{control}/_requests/sendgrid", timeout=5).json()["count"] <= 2
 
