@@ -12,10 +12,12 @@ BUILD=$ROOT/build
 PY=/usr/bin/python3   # Debian's Python, where the python3-* packages below live
 
 APT_PACKAGES=(
-  nginx nginx-dev redis-server
-  libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev
+  nginx nginx-dev redis-server postgresql
+  libhiredis-dev libcurl4-openssl-dev libssl-dev libmongoc-dev libbson-dev libjansson-dev libsimdjson-dev libev-dev libidn2-dev
   g++ make cmake ninja-build pkg-config googletest libgtest-dev clang libclang-rt-14-dev
-  python3 python3-venv python3-pytest python3-requests python3-pymongo python3-redis python3-aiosmtpd python3-botocore
+  python3 python3-venv python3-pytest python3-pytest-timeout python3-requests python3-pymongo python3-redis python3-aiosmtpd python3-botocore
+  python3-cryptography python3-dkim
+  chromium chromium-driver python3-selenium   # the pages people see, looked at in a real browser (t/e2e/test_links.py)
   openssl curl ca-certificates wrk testssl.sh
   libdb5.3 libnsl2 libicu72    # what postfix's smtp-sink/smtp-source link (bench/deliveryd.py)
 )
@@ -42,7 +44,7 @@ deps_apt() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install failed for: ${missing[*]}"
   # Debian starts these on install; the stack runs its own on loopback ports.
-  for svc in nginx redis-server; do
+  for svc in nginx redis-server postgresql; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl stop "$svc" || true
     fi
@@ -81,7 +83,7 @@ deps_ferretdb() {
   if [ -x "$bin" ] && [ -z "$(find "$src" -newer "$bin" -type f)" ]; then return 0; fi
   mkdir -p "$BUILD"
   local go; go=$(find_go)
-  say "building FerretDB (MongoDB wire protocol, SQLite backend) with $("$go" env GOVERSION); first time takes about a minute"
+  say "building FerretDB (MongoDB wire protocol over PostgreSQL) with $("$go" env GOVERSION); first time takes about a minute"
   (cd "$src" && GOFLAGS=-mod=mod "$go" build -o "$bin" .) || die "FerretDB build failed: see the Go errors above"
 }
 
@@ -164,7 +166,8 @@ build() {
   say "built: $BUILD/ngx_mail_api_module/ngx_mail_api_module.so, $BUILD/deliveryd/deliveryd, $BUILD/tools/mailapi-token/mailapi-token"
 }
 
-# libFuzzer targets for common/ (clang), run for FUZZ_SECONDS each by the tests.
+# libFuzzer targets (clang; t/fuzz: common/, the module's request parsers,
+# deliveryd's Redis replies, provider answers and config), run for FUZZ_SECONDS each by the tests.
 build_fuzz() {
   local dir=$BUILD/fuzz gen=()
   command -v ninja >/dev/null && gen=(-G Ninja)
@@ -182,23 +185,123 @@ build_sanitized() {
   cmake_build "$BUILD/asan" -DMAILAPI_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 }
 
-run_tests() {
-  say "unit tests (ctest)"
-  (cd "$BUILD" && ctest --output-on-failure -j"$(nproc)") || die "unit tests failed"
-  say "end-to-end tests (pytest, real nginx, redis, FerretDB and SMTP server on loopback)"
-  "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider "$@" || die "end-to-end tests failed: server logs are kept under the paths printed above"
-  build_fuzz
-  say "fuzzing tokens, message validation and key files (${FUZZ_SECONDS:-20}s each, crashes land in $BUILD/fuzz)"
-  (cd "$BUILD/fuzz" && ctest -j3 --output-on-failure) || die "a fuzzer found a crash: the input is in $BUILD/fuzz/crash-*"
-  if [ -z "${MAILAPI_SKIP_SANITIZE:-}" ]; then
-    build_sanitized
-    say "unit tests under ASan + UBSan"
-    (cd "$BUILD/asan" && ctest --output-on-failure -j"$(nproc)") || die "unit tests under sanitizers failed"
-    say "end-to-end tests against the ASan + UBSan build (nginx with the runtime preloaded)"
-    MAILAPI_BUILD="$BUILD/asan" MAILAPI_SANITIZE=1 "$PY" -m pytest "$ROOT/t/e2e" -q -p no:cacheprovider \
-      --deselect "$ROOT/t/e2e/test_openapi.py" "$@" \
-      || die "end-to-end tests under sanitizers failed: see the sanitizer reports above"
+# ./build.sh test runs in phases, each given what is left of one budget for
+# the whole run: MAILAPI_TEST_BUDGET (seconds, or 80m, 1h; default 80m),
+# counted from the start of ./build.sh, so installing and building count
+# too: CI stops a job at 90 minutes and a failing run must end inside that,
+# with its summary and its logs. A phase that runs out is interrupted
+# (SIGINT: pytest stops the servers and prints what it has; SIGKILL a minute
+# later); pytest also gives each test MAILAPI_TEST_TIMEOUT seconds (default
+# 300; setup and call, then the test fails with its servers' logs), never
+# more than is left, and starts no test in the last minute of the budget.
+# Whatever happens, the run ends with a summary of its phases and where
+# their logs are.
+budget_seconds() {
+  local b=${MAILAPI_TEST_BUDGET:-80m} n
+  n=${b%[smh]}
+  [[ $n =~ ^[0-9]+$ ]] || die "MAILAPI_TEST_BUDGET=$b: give seconds, or minutes or hours as 80m or 1h"
+  case $b in
+    *h) echo $(( n * 3600 )) ;;
+    *m) echo $(( n * 60 )) ;;
+    *) echo "$n" ;;
+  esac
+}
+
+mmss() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
+
+PHASES=()    # one line per phase, for the summary
+LOGS=()      # where the phases that ran keep their logs
+
+# phase NAME CMD...: runs CMD (a command, or a function of this script) with
+# what is left of the budget, and records how it went; a phase that fails or
+# runs out of time ends the run with the summary.
+phase() {
+  local name=$1; shift
+  local left=$(( BUDGET - SECONDS )) t0=$SECONDS rc=0 pid interrupted=0 status
+  if (( left < 30 )); then
+    PHASES+=("$(printf '%-34s %s' "$name" "not started: the budget is spent")")
+    test_summary "out of time before: $name"
   fi
+  say "$name: $(mmss "$left") of the $(mmss "$BUDGET") budget left"
+  if declare -F "$1" >/dev/null; then  # a function: in a bash that has this script's functions
+    ROOT=$ROOT BUILD=$BUILD PY=$PY timeout -s INT -k 60 "$left" \
+      bash -c "set -euo pipefail; $(declare -f); \"\$@\"" "$name" "$@" &
+  else
+    timeout -s INT -k 60 "$left" "$@" &
+  fi
+  pid=$!
+  # Ctrl-C or a TERM from CI: the phase gets the INT (a background job would not)
+  trap 'interrupted=1; kill -INT "$pid" 2>/dev/null || true' INT TERM
+  while :; do
+    rc=0; wait "$pid" || rc=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  trap - INT TERM
+  if (( interrupted )); then status="interrupted"
+  elif (( rc == 0 )); then status="ok"
+  elif (( rc == 124 || rc == 137 )); then status="OUT OF TIME"
+  elif (( BUDGET - SECONDS < 90 )); then status="OUT OF TIME (exit $rc)"  # pytest stopped at its deadline
+  else status="FAILED (exit $rc)"
+  fi
+  PHASES+=("$(printf '%-34s %-18s %s' "$name" "$status" "$(mmss $(( SECONDS - t0 )))")")
+  case $status in
+    ok) ;;
+    interrupted) test_summary "interrupted in: $name" ;;
+    "OUT OF TIME"*) test_summary "the budget ran out in: $name" ;;
+    *) test_summary "failed: $name" ;;
+  esac
+}
+
+test_summary() {  # $1: how the run ended; prints the phases and the logs, and ends the run
+  echo
+  say "summary: $1 ($(mmss "$SECONDS") of the $(mmss "$BUDGET") budget used)"
+  printf '    %s\n' "${PHASES[@]}"
+  if [ ${#LOGS[@]} -gt 0 ]; then
+    echo "    logs:"
+    printf '      %s\n' "${LOGS[@]}"
+  fi
+  [ "$1" = ok ] && return 0
+  exit 1
+}
+
+unit_tests() { cd "$1" && ctest --output-on-failure -j"$(nproc)"; }
+fuzz_tests() { cd "$BUILD/fuzz" && ctest -j3 --output-on-failure; }
+
+run_tests() {
+  BUDGET=$(budget_seconds)
+  local run
+  local pytest_args=(-q -p no:cacheprovider -p timeout --timeout "${MAILAPI_TEST_TIMEOUT:-300}")
+  # pytest stops itself a minute before the budget does (its summary and the
+  # servers' logs are printed, the servers stopped)
+  export MAILAPI_TEST_DEADLINE
+
+  LOGS+=("unit tests: $BUILD/Testing/Temporary/LastTest.log")
+  phase "unit tests (ctest)" unit_tests "$BUILD"
+
+  say "end-to-end tests (pytest, real nginx, redis, FerretDB and SMTP server on loopback)"
+  run=$(mktemp -d /tmp/mailapi-test.XXXXXX)
+  LOGS+=("end-to-end: every test's servers (logs, data, sanitizer reports) under $run/e2e")
+  MAILAPI_TEST_DEADLINE=$(( $(date +%s) + BUDGET - SECONDS - 60 ))
+  phase "end-to-end tests" "$PY" -m pytest "$ROOT/t/e2e" "${pytest_args[@]}" --basetemp "$run/e2e" "$@"
+
+  LOGS+=("fuzzers: $BUILD/fuzz (compile.log; crash-*, timeout-*, oom-* inputs)")
+  phase "fuzzers (build)" build_fuzz
+  say "fuzzing tokens, messages, mail composition, key files, requests, Redis replies, provider answers and deliveryd's config (${FUZZ_SECONDS:-20}s each, 3 at a time, crashes land in $BUILD/fuzz)"
+  phase "fuzzers" fuzz_tests
+
+  if [ -z "${MAILAPI_SKIP_SANITIZE:-}" ]; then
+    LOGS+=("ASan build: $BUILD/asan/compile.log; its unit tests: $BUILD/asan/Testing/Temporary/LastTest.log")
+    phase "ASan + UBSan build" build_sanitized
+    phase "unit tests under ASan + UBSan" unit_tests "$BUILD/asan"
+    say "end-to-end tests against the ASan + UBSan build (nginx with the runtime preloaded); a sanitizer report fails the test"
+    LOGS+=("end-to-end under ASan + UBSan: $run/e2e-asan (sanitizer.<pid> files in each stack's directory)")
+    MAILAPI_TEST_DEADLINE=$(( $(date +%s) + BUDGET - SECONDS - 60 ))
+    phase "end-to-end tests under ASan + UBSan" env MAILAPI_BUILD="$BUILD/asan" MAILAPI_SANITIZE=1 \
+      "$PY" -m pytest "$ROOT/t/e2e" "${pytest_args[@]}" --basetemp "$run/e2e-asan" "$@"
+  fi
+  rm -rf "$run"  # all passed: nothing to look at
+  LOGS=()
+  test_summary ok
 }
 
 case "${1:-build}" in

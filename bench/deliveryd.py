@@ -16,15 +16,18 @@ ack, so acked = recorded); the records are counted once at the end.
   SMTP (Maildir)      provider: t/smtp_server.py (aiosmtpd writing a Maildir,
                       the tests' server); baseline: the same, fed by
                       smtp-source
-  records             FerretDB fed directly by pymongo with documents of the
-                      records' shape, 256 a batch: the ceiling of every case
+  records             the store (FerretDB over PostgreSQL) fed directly by
+                      pymongo with documents of the records' shape and their
+                      indexes, 512 a batch: the ceiling of every case
+  Redis memory        used_memory before 200,000 messages are queued, with
+                      them queued, and once deliveryd has delivered them
   10k in flight       max_in_flight 10000 against the nginx stand-in holding
                       every answer (limit_req): peak RSS once 10,000 messages
                       are in flight; baseline: deliveryd's RSS at rest
 
 usage: bench/deliveryd.py [N messages per throughput case, default 50000]
        (the Maildir case sends min(N, 10000): its server is slow)
-       BENCH_CASES=http,sink,maildir,inflight runs only those
+       BENCH_CASES=http,sink,maildir,inflight,redis runs only those
        BENCH_DELIVERYD="name=value ..." sets deliveryd settings of the throughput cases
        BENCH_REPEAT=K drains the HTTP case K times (default 3) and reports the median:
        on a shared 2-core VM one run moves by +-20%
@@ -38,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -45,13 +49,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import pymongo  # noqa: E402
 import redis  # noqa: E402
 
+import records  # noqa: E402
 import stack as stackmod  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 50000
 N_MAILDIR = min(N, 10000)
 N_INFLIGHT = 10000
 # a subset for quick looks: BENCH_CASES=http,sink,maildir,inflight (default all)
-CASES = set(os.environ.get("BENCH_CASES", "http,sink,maildir,inflight").split(","))
+CASES = set(os.environ.get("BENCH_CASES", "http,sink,maildir,inflight,redis").split(","))
+N_REDIS = int(os.environ.get("BENCH_REDIS_MESSAGES", "200000"))
 # deliveryd settings for the throughput cases, over the defaults below: BENCH_DELIVERYD="max_in_flight=2048 batch=512"
 CEILING = []  # records/s FerretDB takes on its own, once measured
 EXTRA = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_DELIVERYD", "").split())
@@ -141,28 +147,32 @@ def fill(s, r, key, n, empty_first=True):
 
 # -- deliveryd runs --------------------------------------------------------
 
-def progress(r):
-    """(acked, finished) of deliveryd's consumer group. acked counts the
-    entries read and acknowledged (a retry is acked, parked in the scheduled
-    set and added again later); finished: nothing unread, pending or
-    scheduled."""
-    try:
-        groups = r.xinfo_groups(STREAM)
-    except redis.ResponseError:
-        return 0, False
-    if not groups:
-        return 0, False
-    g = groups[0]
-    total = r.xlen(STREAM)
-    lag = g.get("lag")
-    read = total - lag if lag is not None else g.get("entries-read") or 0
-    return read - g["pending"], lag == 0 and g["pending"] == 0 and r.zcard("mailapi:scheduled") == 0
+def progress(r, queued):
+    """(finished entries, all done) of the stream: a finished entry leaves
+    it (XDEL with its ack) and a retry waits in the scheduled set."""
+    left = r.xlen(STREAM) + r.zcard("mailapi:scheduled")
+    return queued - left, left == 0
+
+
+def empty_store(s):
+    """Every record gone, the tables and their indexes kept."""
+    s.psql(f"TRUNCATE mailapi.{s.store_table('messages')}, mailapi.{s.store_table('hints')}")
+
+
+def records_sent(s):
+    """(message documents whose first outcome was sent, event documents),
+    counted in PostgreSQL (a count through FerretDB would read every record)."""
+    table = s.store_table("messages")
+    sent = s.psql(f"SELECT count(*) FROM mailapi.{table} WHERE _jsonb->'events' @> "
+                  """'[{"eid": "t0", "type": "sent"}]'""")
+    events = s.psql(f"SELECT count(*) FROM mailapi.{table} WHERE _jsonb ? 'eid'")
+    return int(sent), int(events)
 
 
 def drain(s, r, coll, name, queued, **conf):
     """Starts deliveryd with `conf`, times it until all `queued` entries are
     acked and none waits for a retry; returns (msg/s, peak RSS KiB)."""
-    coll.drop()
+    empty_store(s)
     # send_timeout: conf/deliveryd.conf's 60 s, not the tests' 4 s (see the README)
     conf = dict(dict(max_in_flight=2048, batch=512, send_timeout=60, claim_idle=120, retry_base=1,
                      max_attempts=4), **conf, **EXTRA)
@@ -170,8 +180,8 @@ def drain(s, r, coll, name, queued, **conf):
     dd = s.start_deliveryd(name=name, **conf)
     last, last_acked = time.time(), 0
     while True:
-        acked, finished = progress(r)
-        if finished and acked >= queued:
+        acked, finished = progress(r, queued)
+        if finished:
             break
         now = time.time()
         if now - last >= 2:
@@ -187,13 +197,13 @@ def drain(s, r, coll, name, queued, **conf):
     peak = status_kib(dd.popen.pid, "VmHWM")
     dd.stop()
     s.procs.remove(dd)
-    sent = coll.count_documents({"status": "sent"})
+    sent, events = records_sent(s)
     dead = r.xlen("mailapi:dead")
     with open(dd.log, errors="replace") as f:
         failed = sum('"msg":"send failed"' in line for line in f)
-    if sent != queued or dead:
-        raise SystemExit(f"bench: {name}: {sent:,} records say sent of {queued:,} queued, {dead} dead letters;"
-                         f" log {dd.log}")
+    if sent != queued or dead or (events and not failed):
+        raise SystemExit(f"bench: {name}: {sent:,} records say sent of {queued:,} queued, {events:,} later "
+                         f"events, {dead} dead letters; log {dd.log}")
     rate = queued / elapsed
     say(f"{name}: {queued:,} messages in {elapsed:.1f} s = {rate:,.0f} msg/s, all {sent:,} recorded as sent"
         + (f" ({failed:,} sends failed and were retried)" if failed else ""))
@@ -248,7 +258,7 @@ def metric(dd, name):
 def in_flight_rss(s, r, coll, sink_port):
     """deliveryd with max_in_flight 10000 against a provider that holds every
     answer: RSS at rest, then the peak once 10,000 messages are in flight."""
-    coll.drop()
+    empty_store(s)
     dd = s.start_deliveryd(name="deliveryd-inflight", providers="sendgrid",
                            sendgrid_url=f"http://127.0.0.1:{sink_port}/hold", sendgrid_api_key="x",
                            max_in_flight=N_INFLIGHT, batch=1000, send_timeout=600, claim_idle=1200,
@@ -278,27 +288,62 @@ def in_flight_rss(s, r, coll, sink_port):
     return rest, peak, int(n)
 
 
-def record_ceiling(r, coll, n, batch=256):
-    """What FerretDB takes on its own: n documents shaped like deliveryd's
-    records (the envelope of a queued entry, one blind index, two events),
-    inserted by pymongo in unordered batches of 256 as deliveryd's writer
-    thread does, with its index. Every deliveryd row is bounded by this."""
-    env = r.xrange(STREAM, count=1)[0][1]["env"]
+def record_ceiling(s, r, coll, n, batch=512):
+    """What the store takes on its own: n documents shaped like deliveryd's
+    records (the envelope of a queued message, a recipient's six bucket keys,
+    two events), inserted by pymongo in unordered batches of 512 as
+    deliveryd's writer threads do, into a collection with the same indexes
+    (the GIN indexes reads use, and the btree indexes deliveryd's
+    createIndexes makes). Every deliveryd row is bounded by this."""
+    mid = r.xrange(STREAM, count=1)[0][1]["id"]
+    env = redis.Redis(port=s.redis.port).hget(f"{STREAM}:{mid}", "env")
     now = datetime.datetime.now(datetime.timezone.utc)
-    docs = [{"_id": f"msg_ceiling{i:016d}", "tenant": "bench", "rcpt": ["x" * 43], "status": "sent",
-             "created_at": now, "updated_at": now, "envelope": env,
-             "events": [{"type": "queued", "at": now}, {"type": "sent", "at": now, "provider": "bench", "code": 202}]}
+    ms = int(now.timestamp() * 1000)
+    docs = [{"_id": f"msg_ceiling{i:016d}", "m": f"msg_ceiling{i:016d}", "tenant": "bench",
+             "rk": records.bucket_keys(f"r{i:021d}", ms), "created_at": now, "envelope": env,
+             "events": [{"eid": "q", "type": "queued", "at": now},
+                        {"eid": "t0", "type": "sent", "at": now, "provider": "bench", "code": 202}]}
             for i in range(n)]
     scratch = coll.database["bench_ceiling"]
     scratch.drop()
-    # deliveryd's index (store.cpp), which every insert maintains
-    scratch.create_index([("tenant", 1), ("rcpt", 1), ("created_at", -1)], name="tenant_rcpt_created")
+    coll.database.create_collection("bench_ceiling")
+    s.gin_indexes("bench_ceiling", ("_id", "m", "rk"))
+    scratch.create_index("m", name="m")
+    scratch.create_index("rk", name="rk")
     t0 = time.time()
-    for i in range(0, n, batch):
-        scratch.insert_many(docs[i:i + batch], ordered=False)
+
+    def part(k):
+        c = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["bench_ceiling"]
+        for i in range(k * batch, n, 2 * batch):
+            c.insert_many(docs[i:i + batch], ordered=False)
+    threads = [threading.Thread(target=part, args=(k,)) for k in range(2)]  # two connections, as deliveryd
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     rate = n / (time.time() - t0)
     scratch.drop()
     return rate
+
+
+def case_redis(s, r, coll, rows):
+    """Redis's used_memory with nothing queued, with N_REDIS queued, and after
+    deliveryd delivered them (to the HTTP stand-in)."""
+    r.flushall()  # what earlier cases left (the in-flight case's held messages)
+    time.sleep(0.5)
+    before = int(r.info("memory")["used_memory"])
+    say(f"Redis memory: queueing {N_REDIS:,} messages (deliveryd stopped)")
+    q = fill(s, r, s.bench_key, N_REDIS)
+    queued = int(r.info("memory")["used_memory"])
+    rate, peak = drain(s, r, coll, "deliveryd-redis", q, providers="sendgrid",
+                       sendgrid_url=f"http://127.0.0.1:{s.http_sink.port}", sendgrid_api_key="x")
+    after = int(r.info("memory")["used_memory"])
+    keys = r.dbsize()
+    say(f"Redis used_memory: {before / 2**20:.1f} MiB before, {queued / 2**20:.1f} MiB with {q:,} queued, "
+        f"{after / 2**20:.1f} MiB after they were delivered ({keys} keys left)")
+    NOTES.append(f"Redis used_memory: {before / 2**20:.1f} MiB before {q:,} messages, {queued / 2**20:.1f} MiB "
+                 f"with them queued, {after / 2**20:.1f} MiB once delivered ({keys} key(s) left: the empty stream "
+                 f"and its group); deliveryd drained them at {rate:,.0f} msg/s")
 
 
 def case_http(s, r, coll, rows):
@@ -310,8 +355,8 @@ def case_http(s, r, coll, rows):
         say(f"run {k + 1}/{REPEAT}: queueing {N:,} messages through nginx for deliveryd -> HTTP (SendGrid v3 stand-in)")
         q = fill(s, r, s.bench_key, N)
         if k == 0:  # shaped like the queued entries
-            say(f"record ceiling: {N:,} records inserted into FerretDB directly (pymongo, 256 a batch)")
-            ceiling = record_ceiling(r, coll, N)
+            say(f"record ceiling: {N:,} records inserted into the store directly (pymongo, 512 a batch)")
+            ceiling = record_ceiling(s, r, coll, N)
             say(f"record ceiling: {ceiling:,.0f} records/s")
         runs.append(drain(s, r, coll, f"deliveryd-http-{k + 1}", q, providers="sendgrid",
                           sendgrid_url=f"http://127.0.0.1:{s.http_sink.port}", sendgrid_api_key="x"))
@@ -321,7 +366,7 @@ def case_http(s, r, coll, rows):
                  " msg/s (the table shows the median)")
     rows += [("HTTP stand-in fed by wrk (baseline)", reqs, base, base, None),
              ("deliveryd -> HTTP (SendGrid v3 stand-in)", q, rate, base, peak),
-             ("MongoDB records: FerretDB fed directly (baseline, bounds every case)", N, ceiling, ceiling, None)]
+             ("records: the store fed directly (baseline, bounds every case)", N, ceiling, ceiling, None)]
     CEILING.append(ceiling)
 
 
@@ -363,7 +408,7 @@ def main():
     s.bench_key = s.add_key("bench", "bench", "send")
     rows = []
     try:
-        say(f"starting redis, FerretDB, nginx, the Maildir SMTP server, smtp-sink and the nginx HTTP "
+        say(f"starting redis, PostgreSQL + FerretDB, nginx, the Maildir SMTP server, smtp-sink and the nginx HTTP "
             f"stand-in in {d}")
         s.start_redis()
         s.start_ferretdb()
@@ -374,7 +419,7 @@ def main():
         r = redis.Redis(port=s.redis.port, decode_responses=True)
         coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
         for name, case in (("http", case_http), ("sink", case_sink), ("maildir", case_maildir),
-                           ("inflight", case_inflight)):
+                           ("inflight", case_inflight), ("redis", case_redis)):
             if name in CASES:
                 case(s, r, coll, rows)
     except BaseException:

@@ -1,44 +1,70 @@
 """Edge benchmark: accepted sends per second through nginx + ngx_mail_api_module
-(validate, encrypt, XADD to a real Redis, 202 after Redis acked) against
-`return 202` from the same nginx build, same worker count, same run.
+(authenticate, validate, seal, one Redis script, 202 after Redis acknowledged
+it with appendfsync always) against `return 202` from the same nginx, same
+worker, same run, over plain HTTP and over TLS (a second listener of the same
+server block, keep-alive).
 
-usage: bench/edge.py [seconds per case, default 10]
+On a shared machine one pair of runs says little: the baseline and the send
+case alternate (A/B/A/B...) BENCH_PAIRS times and the table gives the median
+of the per-pair ratios and their spread. Every answer that is not a 2xx and
+every socket error is counted; a run with any is invalid (exit 1). The CPU
+each process used per request (nginx's worker, redis-server, wrk itself)
+says where the time goes; on two cores shared by all three it also bounds
+what a ratio can be. Then: latency at half the maximum send rate, Redis's own
+ceiling for the send script (redis-benchmark, pipelined), and the worker's
+RSS over BENCH_MEMORY_REQUESTS sends.
+
+usage: bench/edge.py [seconds per case, default 5]
+env:   BENCH_PAIRS (5), BENCH_MEMORY_REQUESTS (1000000; 0 skips),
+       BENCH_PERF=<dir>: perf profiles of nginx's worker and of redis-server
+       during the first send case of each protocol (see bench/README.md)
 """
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import redis as redislib
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "t"))
 import stack as stackmod  # noqa: E402
 
-SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+PAIRS = int(os.environ.get("BENCH_PAIRS", "5"))
 CONNECTIONS = 32
+MANY = 256
+# The two protocols, then the two cases that show where the limit is.
+CASES = ("plain", "TLS", f"plain, {MANY} connections", "plain, appendfsync everysec (not durable)")
 MEMORY_REQUESTS = int(os.environ.get("BENCH_MEMORY_REQUESTS", "1000000"))
+PERF_DIR = os.environ.get("BENCH_PERF", "")
+TICK = os.sysconf("SC_CLK_TCK")
+STREAM = "mailapi:messages"
 
-LUA = """
+POST = """
 wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {token}"
 """
+# Paced: each connection waits this long after an answer before its next
+# request (wrk counts latency from the request, not the wait).
+# Random waits (mean delay_ms): connections that waited alike would send in
+# step, bursts no real traffic has.
+PACED = POST + "function delay() return math.random(0, 2 * {delay_ms}) end\n"
 
 
-def wrk(url, script, seconds=None):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds or SECONDS}s", "--latency", "-s", script, url],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    def pct(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        v, unit = float(m.group(1)), m.group(2)
-        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0
+def cpu_s(pid):
+    """User + system CPU seconds a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss_kib(pid):
@@ -46,17 +72,102 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
+class Result:
+    def __init__(self, out, wrk_cpu, cpu):
+        self.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        self.requests = int(re.search(r"(\d+) requests in", out).group(1))
+        self.p50, self.p99 = pct(out, 50), pct(out, 99)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        self.bad = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+        self.cpu = dict(cpu, wrk=wrk_cpu)  # seconds
+
+    def us_per_request(self, who):
+        return self.cpu[who] / max(1, self.requests) * 1e6
+
+
+def pct(out, p):
+    m = re.search(rf"^\s+{p}(?:\.0+)?%\s+([\d.]+)(us|ms|s)\b", out, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def wrk(url, script, seconds, pids, connections=CONNECTIONS, profile=""):
+    """One wrk run; pids: {name: pid} whose CPU is measured across it;
+    profile: a name, to record each of them with perf meanwhile."""
+    perfs = []
+    if profile:
+        os.makedirs(PERF_DIR, exist_ok=True)
+        for who, pid in pids.items():
+            out = os.path.join(PERF_DIR, f"{profile}-{who}.data")
+            perfs.append(subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(pid), "-o", out],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            print(f"    perf: {who} -> perf report -i {out} --no-children", flush=True)
+        time.sleep(0.5)
+    before = {k: cpu_s(p) for k, p in pids.items()}
+    proc = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"bench: wrk failed ({proc.returncode}):\n{out}")
+    cpu = {k: cpu_s(p) - before[k] for k, p in pids.items()}
+    for p in perfs:
+        p.send_signal(2)
+        p.wait()
+    return Result(out, usage.ru_utime + usage.ru_stime, cpu)
+
+
+def enqueue_script():
+    """ENQUEUE_LUA as common/contract.cpp holds it."""
+    with open(os.path.join(stackmod.ROOT, "common", "contract.cpp")) as f:
+        return re.search(r'ENQUEUE_LUA\[\] = R"lua\((.*?)\)lua"', f.read(), re.S).group(1)
+
+
+def empty_redis(r):
+    """Between cases: what the last one queued goes, and the AOF is
+    rewritten so the disk holds one case at most."""
+    r.flushall()
+    while r.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.1)
+    r.bgrewriteaof()
+    while r.info("persistence")["aof_rewrite_in_progress"] or r.info("persistence")["aof_rewrite_scheduled"]:
+        time.sleep(0.1)
+
+
+def check_queued(r, res, label):
+    """Every 2xx wrk counted is an entry in the stream (a 202 is a promise)."""
+    n = r.xlen(STREAM)
+    if n < res.requests:
+        sys.exit(f"bench: {label}: {res.requests} answers but only {n} entries in Redis")
+
+
+def exec_calls(r):
+    """EXECs Redis ran so far: each is one loop turn's sends of the worker."""
+    return r.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+
+
+def median_spread(values):
+    return statistics.median(values), min(values), max(values)
+
+
 def main():
-    if not shutil.which("wrk"):
-        sys.exit("bench: wrk is missing: run ./build.sh deps")
+    for tool in ("wrk", "redis-benchmark"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is missing: run ./build.sh deps")
     d = tempfile.mkdtemp(prefix="mailapi-bench-")
     s = stackmod.Stack(d)
     key = s.add_key("bench", "bench", "send")
+    invalid = []
     try:
-        print(f"==> starting redis, FerretDB and nginx (1 worker) in {d}", flush=True)
+        print(f"==> starting redis, FerretDB and nginx (1 worker, plain and TLS listeners) in {d}", flush=True)
         s.start_redis()
         s.start_ferretdb()
-        nginx = s.start_nginx(workers=1, log_level="warn")
+        tls_port = stackmod.free_port()
+        nginx = s.start_nginx(workers=1, log_level="warn", tls_port=tls_port, access_log=False)
+        r = redislib.Redis(port=s.redis.port)
+        redis_pid = int(r.info("server")["process_id"])
         text = "x" * 700
         body = json.dumps({"from": "bench@example.com", "to": ["rcpt@example.org"], "subject": "bench",
                            "text": text})
@@ -64,46 +175,204 @@ def main():
                            "text": text + "y" * (1024 - len(body))})
         script = os.path.join(d, "post.lua")
         with open(script, "w") as f:
-            f.write(LUA.format(body=json.dumps(body), token=key.token(ttl=86400)))
+            f.write(POST.format(body=json.dumps(body), token=key.token(ttl=86400)))
         worker = int(subprocess.run(["pgrep", "-P", str(nginx.popen.pid)], capture_output=True,
                                     text=True).stdout.split()[0])
-        base = f"http://127.0.0.1:{nginx.port}"
-        print(f"==> wrk: {SECONDS}s per case, {CONNECTIONS} connections, body {len(body)} bytes", flush=True)
-        b = wrk(base + "/baseline", script)
-        m = wrk(base + "/v1/messages", script)
+        pids = {"nginx": worker, "redis": redis_pid}
+        urls = {"plain": f"http://127.0.0.1:{nginx.port}", "TLS": f"https://127.0.0.1:{tls_port}"}
 
-        # Memory: worker RSS across MEMORY_REQUESTS sends, after a warm-up
-        # (the send run above). The stream is trimmed meanwhile: this measures
-        # nginx, not Redis.
-        stop = threading.Event()
-        def trim():
-            while not stop.wait(1):
-                subprocess.run(["redis-cli", "-p", str(s.redis.port), "XTRIM", "mailapi:messages", "MAXLEN", "~",
-                                "10000"], capture_output=True)
-        trimmer = threading.Thread(target=trim)
-        trimmer.start()
-        rss0 = rss_kib(worker)
-        seconds = max(5, int(MEMORY_REQUESTS / m[0] * 1.1) + 1)
-        print(f"==> memory: about {MEMORY_REQUESTS:,} sends over {seconds}s", flush=True)
-        mem = wrk(base + "/v1/messages", script, seconds)
-        rss1 = rss_kib(worker)
-        stop.set()
-        trimmer.join()
+        # warm-up: connections, the script loaded, the allocator's arenas
+        for u in urls.values():
+            wrk(u + "/v1/messages", script, 2, pids)
+        empty_redis(r)
 
-        print()
-        print("| case | req/s | p50 ms | p99 ms | non-2xx | ratio |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, (rps, p50, p99, bad), ratio in (("return 202 (baseline)", b, 1.0),
-                                                  ("POST /v1/messages", m, m[0] / b[0])):
-            print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {bad} | {ratio:.2f} |")
-        print()
-        print("| memory | requests | worker RSS before | after | growth |")
-        print("|---|---:|---:|---:|---:|")
-        print(f"| POST /v1/messages | {mem[0] * seconds:,.0f} | {rss0 / 1024:.1f} MiB | {rss1 / 1024:.1f} MiB | "
-              f"{(rss1 - rss0) / 1024:.2f} MiB |")
+        print(f"==> {PAIRS} pairs x 2 protocols, {SECONDS}s per case, wrk 1 thread {CONNECTIONS} connections, "
+              f"body {len(body)} bytes", flush=True)
+        runs = {(proto, case): [] for proto in CASES for case in ("baseline", "send")}
+
+        def send_case(label, base, pids, connections=CONNECTIONS, profile=""):
+            execs = exec_calls(r)
+            m = wrk(base + "/v1/messages", script, SECONDS, pids, connections=connections, profile=profile)
+            m.per_exec = r.xlen(STREAM) / max(1, exec_calls(r) - execs)
+            check_queued(r, m, label)
+            empty_redis(r)
+            return m
+
+        for i in range(PAIRS):
+            for proto, base in urls.items():
+                b = wrk(base + "/baseline", script, SECONDS, pids)
+                m = send_case(f"{proto} send", base, pids, profile=f"send-{proto}" if PERF_DIR and i == 0 else "")
+                runs[(proto, "baseline")].append(b)
+                runs[(proto, "send")].append(m)
+                print(f"    pair {i + 1} {proto:5}: return 202 {b.rps:9,.0f}/s   send {m.rps:9,.0f}/s   "
+                      f"ratio {m.rps / b.rps:.2f}   sends per EXEC {m.per_exec:.1f}   "
+                      f"non-2xx/errors {b.bad + m.bad}", flush=True)
+            # Where the limit is: more connections (a send waits for an
+            # fsync: 32 in flight cap the rate at 32 / its latency), and the
+            # AOF fsynced once a second instead of before each 202 (not what
+            # the service promises; for comparison only).
+            many = CASES[2]
+            b = wrk(urls["plain"] + "/baseline", script, SECONDS, pids, connections=MANY)
+            m = send_case(many, urls["plain"], pids, connections=MANY)
+            runs[(many, "baseline")].append(b)
+            runs[(many, "send")].append(m)
+            lazy = CASES[3]
+            r.config_set("appendfsync", "everysec")
+            try:
+                m2 = send_case(lazy, urls["plain"], pids)
+            finally:
+                r.config_set("appendfsync", "always")
+            runs[(lazy, "baseline")].append(runs[("plain", "baseline")][-1])
+            runs[(lazy, "send")].append(m2)
+            print(f"    pair {i + 1} {MANY} connections: return 202 {b.rps:9,.0f}/s   send {m.rps:9,.0f}/s   "
+                  f"ratio {m.rps / b.rps:.2f}   sends per EXEC {m.per_exec:.1f};   appendfsync everysec: "
+                  f"send {m2.rps:,.0f}/s   non-2xx/errors {b.bad + m.bad + m2.bad}", flush=True)
+        for (proto, case), rs in runs.items():
+            bad = sum(x.bad for x in rs)
+            if bad:
+                invalid.append(f"{proto} {case}: {bad} non-2xx answers or socket errors")
+
+        # Latency at half the median maximum send rate, each protocol.
+        paced = {}
+        for proto, base in urls.items():
+            target = statistics.median(x.rps for x in runs[(proto, "send")]) / 2
+            delay_ms = 10
+            conns = max(1, math.ceil(target * delay_ms / 1000))
+            pscript = os.path.join(d, f"paced-{proto}.lua")
+            with open(pscript, "w") as f:
+                f.write(PACED.format(body=json.dumps(body), token=key.token(ttl=86400), delay_ms=delay_ms))
+            print(f"==> {proto}: paced at about {target:,.0f}/s ({conns} connections, {delay_ms} ms between "
+                  f"a connection's requests)", flush=True)
+            res = wrk(base + "/v1/messages", pscript, max(SECONDS, 10), pids, connections=conns)
+            check_queued(r, res, f"{proto} paced")
+            empty_redis(r)
+            if res.bad:
+                invalid.append(f"{proto} paced: {res.bad} non-2xx answers or socket errors")
+            paced[proto] = (target, res)
+
+        # Redis alone: the send script from redis-benchmark, pipelined (no
+        # nginx), with a message of the size the sends above sealed.
+        sha = r.script_load(enqueue_script())
+        envelope = "e" * (len(body) + 60)
+        n = 300000
+        args = ["EVALSHA", sha, "5", STREAM, f"{STREAM}:msg___rand_int__", "", "rl:none", "q:none",
+                "1", "msg___rand_int__", "bench", "1", "0", envelope, "", "0", "0", "0", "0", "0", "0", "k"]
+        print(f"==> Redis alone: {n:,} send scripts from redis-benchmark (4 connections, pipeline 32)", flush=True)
+        before = cpu_s(redis_pid)
+        out = subprocess.run(["redis-benchmark", "-p", str(s.redis.port), "-n", str(n), "-c", "4", "-P", "32",
+                              "-r", "100000000", "-q"] + args, capture_output=True, text=True).stdout
+        redis_alone_cpu = cpu_s(redis_pid) - before
+        m_alone = re.search(r"([\d.]+) requests per second", out.replace(",", ""))
+        redis_alone = float(m_alone.group(1)) if m_alone else float("nan")
+        if r.xlen(STREAM) < n * 0.99:
+            invalid.append(f"redis-benchmark: {r.xlen(STREAM)} entries of {n} (the script failed: {out[-300:]})")
+        empty_redis(r)
+
+        mem = None
+        if MEMORY_REQUESTS:
+            mem = memory(r, urls["plain"], script, pids, worker,
+                         statistics.median(x.rps for x in runs[("plain", "send")]))
+            if mem[0].bad:
+                invalid.append(f"memory: {mem[0].bad} non-2xx answers or socket errors")
+
+        report(runs, paced, redis_alone, redis_alone_cpu / n * 1e6, mem)
     finally:
         s.stop_all()
         shutil.rmtree(d, ignore_errors=True)
+    if invalid:
+        print("\nINVALID RUN (discard these figures):\n  " + "\n  ".join(invalid))
+        sys.exit(1)
+
+
+# KEYS: stream, hash prefix. Takes up to 20000 of the oldest entries and
+# their hashes out, as deliveryd would after sending them.
+TRIM_LUA = """
+local e = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 20000)
+for _, x in ipairs(e) do
+  local f = x[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'id' then redis.call('DEL', KEYS[2] .. f[i + 1]) break end
+  end
+  redis.call('XDEL', KEYS[1], x[1])
+end
+return #e
+"""
+
+
+def memory(r, base, script, pids, worker, rate):
+    """Worker RSS across about MEMORY_REQUESTS sends, after the runs above
+    warmed it up. Meanwhile a trimmer takes entries and hashes out as
+    deliveryd would: this measures nginx, not Redis."""
+    stop = threading.Event()
+    trim = r.register_script(TRIM_LUA)
+
+    def trimmer():
+        while not stop.wait(0.5):
+            while trim(keys=[STREAM, STREAM + ":"]) == 20000:
+                pass
+
+    t = threading.Thread(target=trimmer)
+    t.start()
+    rss0 = rss_kib(worker)
+    seconds = max(5, int(MEMORY_REQUESTS / rate * 1.1) + 1)
+    print(f"==> memory: about {MEMORY_REQUESTS:,} sends over {seconds}s", flush=True)
+    res = wrk(base + "/v1/messages", script, seconds, pids)
+    rss1 = rss_kib(worker)
+    stop.set()
+    t.join()
+    empty_redis(r)
+    return res, rss0, rss1
+
+
+def report(runs, paced, redis_alone, redis_alone_us, mem):
+    print()
+    print(f"| case | req/s (median of {PAIRS}) | p50 ms | p99 ms | non-2xx + errors | send / return 202 "
+          f"(median) | spread (min-max) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for proto in CASES:
+        bs, ms = runs[(proto, "baseline")], runs[(proto, "send")]
+        ratios = [m.rps / b.rps for b, m in zip(bs, ms)]
+        med, lo, hi = median_spread(ratios)
+        for name, rs in ((f"return 202, {proto}", bs), (f"POST /v1/messages, {proto}", ms)):
+            if rs is bs and proto == CASES[3]:
+                continue  # the plain baseline
+            rps = statistics.median(x.rps for x in rs)
+            p50 = statistics.median(x.p50 for x in rs)
+            p99 = statistics.median(x.p99 for x in rs)
+            bad = sum(x.bad for x in rs)
+            ratio = (f"{med:.2f} | {lo:.2f}-{hi:.2f}" if rs is ms else "1.00 | ")
+            print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {bad} | {ratio} |")
+    print()
+    print("| CPU per request (median), µs | nginx worker | redis-server | wrk | all three | "
+          "2 cores / all three | sends per EXEC |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for proto in CASES:
+        for case, name in (("baseline", "return 202"), ("send", "POST /v1/messages")):
+            if case == "baseline" and proto == CASES[3]:
+                continue
+            rs = runs[(proto, case)]
+            per = {w: statistics.median(x.us_per_request(w) for x in rs) for w in ("nginx", "redis", "wrk")}
+            total = sum(per.values())
+            batch = f"{statistics.median(x.per_exec for x in rs):.1f}" if case == "send" else ""
+            print(f"| {name}, {proto} | {per['nginx']:.1f} | {per['redis']:.1f} | {per['wrk']:.1f} | {total:.1f} | "
+                  f"{2e6 / total:,.0f}/s | {batch} |")
+    print()
+    print("| at half the maximum send rate | target req/s | achieved | p50 ms | p99 ms | non-2xx + errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for proto, (target, res) in paced.items():
+        print(f"| POST /v1/messages, {proto} | {target:,.0f} | {res.rps:,.0f} | {res.p50:.2f} | {res.p99:.2f} | "
+              f"{res.bad} |")
+    print()
+    print("| Redis alone (redis-benchmark, send script, pipeline 32) | scripts/s | redis CPU µs per script |")
+    print("|---|---:|---:|")
+    print(f"| ENQUEUE_LUA, 1 KiB message | {redis_alone:,.0f} | {redis_alone_us:.1f} |")
+    if mem:
+        res, rss0, rss1 = mem
+        print()
+        print("| memory | requests | worker RSS before | after | growth | non-2xx + errors |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(f"| POST /v1/messages | {res.requests:,} | {rss0 / 1024:.1f} MiB | {rss1 / 1024:.1f} MiB | "
+              f"{(rss1 - rss0) / 1024:.2f} MiB | {res.bad} |")
 
 
 if __name__ == "__main__":

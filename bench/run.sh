@@ -4,3 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bench/edge.sh "$@"
 bench/deliveryd.sh
+bench/events.sh
+bench/recover.sh
+bench/chaos.sh

@@ -3,8 +3,10 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <pthread.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -110,14 +112,19 @@ std::string envelope_aad(std::string_view tenant, std::string_view message_id) {
 namespace {
 constexpr size_t NONCE_LEN = 12;
 constexpr size_t TAG_LEN = 16;
+constexpr unsigned char ENVELOPE_VERSION = 1;
 }  // namespace
 
 bool envelope_seal(const Keyring &ring, std::string_view aad, std::string_view plaintext,
                    std::string &out) {
     if (ring.data_keys.empty()) return false;
     const Keyring::Entry &k = ring.active();
-    std::string raw(NONCE_LEN + plaintext.size() + TAG_LEN, '\0');
-    auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
+    size_t head = 2 + k.id.size();
+    std::string raw(head + NONCE_LEN + plaintext.size() + TAG_LEN, '\0');
+    raw[0] = static_cast<char>(ENVELOPE_VERSION);
+    raw[1] = static_cast<char>(k.id.size());
+    std::memcpy(&raw[2], k.id.data(), k.id.size());
+    auto *nonce = reinterpret_cast<unsigned char *>(raw.data()) + head;
     if (!random_bytes(nonce, NONCE_LEN)) return false;
     EVP_CIPHER_CTX *ctx = aes_gcm_ctx();
     int len = 0;
@@ -133,22 +140,28 @@ bool envelope_seal(const Keyring &ring, std::string_view aad, std::string_view p
                             nonce + NONCE_LEN + plaintext.size()) != 1) {
         return false;
     }
-    out = k.id + "." + base64url_encode(raw);
+    out.swap(raw);
     return true;
+}
+
+std::string_view envelope_key_id(std::string_view envelope) {
+    if (envelope.size() < 2 || static_cast<unsigned char>(envelope[0]) != ENVELOPE_VERSION) return {};
+    size_t kid_len = static_cast<unsigned char>(envelope[1]);
+    if (kid_len == 0 || envelope.size() < 2 + kid_len + NONCE_LEN + TAG_LEN) return {};
+    return envelope.substr(2, kid_len);
 }
 
 bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view envelope,
                    std::string &out) {
-    size_t dot = envelope.find('.');
-    if (dot == std::string_view::npos) return false;
-    const Keyring::Entry *k = ring.find(envelope.substr(0, dot));
-    std::string raw;
-    if (!k || !base64url_decode(envelope.substr(dot + 1), raw) || raw.size() < NONCE_LEN + TAG_LEN) {
-        return false;
-    }
-    auto *nonce = reinterpret_cast<unsigned char *>(raw.data());
-    size_t ct_len = raw.size() - NONCE_LEN - TAG_LEN;
-    std::string pt(ct_len, '\0');
+    std::string_view kid = envelope_key_id(envelope);
+    const Keyring::Entry *k = kid.empty() ? nullptr : ring.find(kid);
+    if (k == nullptr) return false;
+    auto *nonce = reinterpret_cast<const unsigned char *>(envelope.data()) + 2 + kid.size();
+    size_t ct_len = envelope.size() - 2 - kid.size() - NONCE_LEN - TAG_LEN;
+    if (ct_len > static_cast<size_t>(INT32_MAX)) return false;
+    std::string pt;
+    pt.reserve(ct_len + 64);  // room for a JSON parser's padding: it need not copy
+    pt.resize(ct_len);
     EVP_CIPHER_CTX *ctx = aes_gcm_ctx();
     int len = 0;
     if (!ctx || EVP_DecryptInit_ex2(ctx, aes_256_gcm(), k->key.data(), nonce, nullptr) != 1 ||
@@ -157,8 +170,10 @@ bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view e
                           static_cast<int>(aad.size())) != 1 ||
         EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char *>(pt.data()), &len,
                           nonce + NONCE_LEN, static_cast<int>(ct_len)) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, nonce + NONCE_LEN + ct_len) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN,
+                            const_cast<unsigned char *>(nonce) + NONCE_LEN + ct_len) != 1 ||
         EVP_DecryptFinal_ex(ctx, reinterpret_cast<unsigned char *>(pt.data()) + len, &len) != 1) {
+        OPENSSL_cleanse(pt.data(), pt.size());
         return false;
     }
     out.swap(pt);
@@ -172,22 +187,38 @@ std::string blind_index(const Keyring &ring, std::string_view addr) {
     return base64url_encode(std::string_view(reinterpret_cast<char *>(md), sizeof md));
 }
 
+namespace {
+
+// Bumped in every forked child (nginx's workers are forks of the master):
+// a counter read per call instead of a getpid() system call per call.
+std::atomic<unsigned> g_forks{1};
+
+void count_fork() { g_forks.fetch_add(1, std::memory_order_relaxed); }
+
+unsigned fork_generation() {
+    static const bool registered = pthread_atfork(nullptr, nullptr, count_fork) == 0;
+    return registered ? g_forks.load(std::memory_order_relaxed) : 0;  // 0: never trusted, refilled each call
+}
+
+}  // namespace
+
 bool random_bytes(void *buf, size_t len) {
     // CSPRNG output taken 4 KiB at a time: a call per request costs more than
     // the encryption. Refilled in a forked child so no two processes share it.
     struct Pool {
         unsigned char bytes[4096];
         size_t used = sizeof bytes;
-        pid_t pid = 0;
+        unsigned forks = 0;
     };
     thread_local Pool pool;
     if (len > sizeof pool.bytes) {
         return RAND_bytes(static_cast<unsigned char *>(buf), static_cast<int>(len)) == 1;
     }
-    if (pool.used + len > sizeof pool.bytes || pool.pid != getpid()) {
+    unsigned forks = fork_generation();
+    if (pool.used + len > sizeof pool.bytes || forks == 0 || pool.forks != forks) {
         if (RAND_bytes(pool.bytes, sizeof pool.bytes) != 1) return false;
         pool.used = 0;
-        pool.pid = getpid();
+        pool.forks = forks;
     }
     std::memcpy(buf, pool.bytes + pool.used, len);
     OPENSSL_cleanse(pool.bytes + pool.used, len);  // handed out once

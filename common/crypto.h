@@ -32,11 +32,14 @@ bool keyring_load(const std::string &path, Keyring &ring, std::string &err);
 // Additional data binding an envelope to its tenant and message id.
 std::string envelope_aad(std::string_view tenant, std::string_view message_id);
 
-// Envelope: "<key_id>.<base64url(nonce[12] | ciphertext | tag[16])>".
+// Envelope (bytes, as Redis and the store keep it):
+//   0x01 | key id length | key id | nonce[12] | ciphertext | tag[16]
 bool envelope_seal(const Keyring &ring, std::string_view aad, std::string_view plaintext,
                    std::string &out);
 bool envelope_open(const Keyring &ring, std::string_view aad, std::string_view envelope,
                    std::string &out);
+// The key id that sealed an envelope; empty when it is not one.
+std::string_view envelope_key_id(std::string_view envelope);
 
 // base64url(HMAC-SHA256(index_key, normalised address)).
 std::string blind_index(const Keyring &ring, std::string_view normalised_address);

@@ -9,15 +9,17 @@
 #include <memory>
 
 #include "base64.h"
+#include "idna.h"
+#include "json.h"
+#include "links.h"
+
+static_assert(mailapi::MessageLimits().max_placeholders == mailapi::links::PLACEHOLDERS_MAX,
+              "the API refuses what personalize would not fill");
 
 namespace mailapi {
 
 namespace {
 
-struct JsonFree {
-    void operator()(json_t *j) const { json_decref(j); }
-};
-using Json = std::unique_ptr<json_t, JsonFree>;
 
 bool fail(FieldError &err, std::string code, std::string message, std::string field,
           int status = 422) {
@@ -142,6 +144,12 @@ bool has_control(std::string_view s, bool allow_tab) {
     return false;
 }
 
+bool ascii_iequal(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
 bool token_chars(std::string_view s, size_t max) {
     if (s.empty() || s.size() > max) return false;
     for (unsigned char c : s) {
@@ -157,7 +165,13 @@ const char *const STRUCTURAL_HEADERS[] = {
     "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
     "return-path", "received", "dkim-signature", "resent-from", "resent-to", "resent-cc",
     "resent-bcc", "resent-sender", "resent-date", "resent-message-id", "in-reply-to-envelope",
+    "authentication-results", "domainkey-signature",
 };
+
+// Prefixes of the same: any Content-* header describes the MIME structure;
+// X-Mailapi-* are ours (the message id the providers' events come back
+// with); ARC-* and Authentication-Results are a receiver's verdicts.
+const char *const STRUCTURAL_PREFIXES[] = {"content-", "x-mailapi-", "arc-"};
 
 bool header_structural(std::string_view name) {
     std::string lower(name);
@@ -165,6 +179,9 @@ bool header_structural(std::string_view name) {
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     for (const char *h : STRUCTURAL_HEADERS) {
         if (lower == h) return true;
+    }
+    for (const char *p : STRUCTURAL_PREFIXES) {
+        if (lower.rfind(p, 0) == 0) return true;
     }
     return false;
 }
@@ -243,11 +260,12 @@ public:
         if (root_el.get_object().get(root) != simdjson::SUCCESS) {
             return fail(err_, "invalid_type", "the request body must be a JSON object", "", 422);
         }
-        static const char *const known[] = {"from", "to", "cc", "bcc", "reply_to", "subject", "text",
-                                            "html", "headers", "attachments", "tags", "metadata", "send_at"};
+        static const char *const known[] = {"from",     "to",   "cc",      "bcc",         "reply_to",
+                                            "subject",  "text", "html",    "headers",     "attachments",
+                                            "tags",     "metadata", "send_at", "unsubscribe", "responses"};
         for (auto field : root) {
-            if (std::none_of(std::begin(known), std::end(known),
-                             [&](const char *k) { return field.key == k; })) {
+            if (std::none_of(std::begin(known), std::end(known), [&](const char *k) { return field.key == k; }) &&
+                !(limits_.stamped_fields && field.key == "links")) {
                 return fail(err_, "unknown_field", "unknown field", std::string(field.key));
             }
         }
@@ -280,7 +298,8 @@ public:
         if (msg_.text.empty() && msg_.html.empty()) {
             return fail(err_, "required", "at least one of text and html is required", "text");
         }
-        return headers(root) && attachments(root) && tags(root) && metadata(root) && send_at(root);
+        return headers(root) && attachments(root) && tags(root) && metadata(root) && send_at(root) &&
+               unsubscribe(root) && responses(root) && placeholders() && stamped_links(root);
     }
 
 private:
@@ -379,6 +398,15 @@ private:
                     return fail(err_, "forbidden_header", "this header is set by the service and cannot be overridden",
                                 path);
                 }
+                for (const auto &earlier : out) {
+                    if (earlier.first.size() == f.key.size() &&
+                        std::equal(earlier.first.begin(), earlier.first.end(), f.key.begin(), [](char a, char b) {
+                            return std::tolower(static_cast<unsigned char>(a)) ==
+                                   std::tolower(static_cast<unsigned char>(b));
+                        })) {
+                        return fail(err_, "invalid_header", "this header is given twice (names ignore case)", path);
+                    }
+                }
             } else if (!token_chars(f.key, 64)) {
                 return fail(err_, "invalid_value", "keys are 1-64 of [A-Za-z0-9_.:-]", path);
             }
@@ -400,6 +428,84 @@ private:
 
     bool metadata(object root) {
         return string_map(root, "metadata", limits_.max_metadata, 512, msg_.metadata, false);
+    }
+
+    bool unsubscribe(object root) {
+        element v;
+        if (!member(root, "unsubscribe", v)) return true;
+        if (v.get_bool().get(msg_.unsubscribe) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", "unsubscribe must be true or false", "unsubscribe");
+        }
+        for (const auto &h : msg_.headers) {
+            if (msg_.unsubscribe && (ascii_iequal(h.first, "List-Unsubscribe") ||
+                                     ascii_iequal(h.first, "List-Unsubscribe-Post"))) {
+                return fail(err_, "conflict", "unsubscribe makes the List-Unsubscribe headers: leave them out",
+                            "headers." + h.first);
+            }
+        }
+        return true;
+    }
+
+    bool responses(object root) {
+        element v;
+        if (!member(root, "responses", v)) return true;
+        simdjson::dom::array arr;
+        if (v.get_array().get(arr) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", "responses must be an array of strings", "responses");
+        }
+        if (arr.size() == 0 || arr.size() > links::RESPONSES_MAX) {
+            return fail(err_, "invalid_value", "responses holds 1 to " + std::to_string(links::RESPONSES_MAX) +
+                        " labels", "responses");
+        }
+        size_t i = 0;
+        for (element r : arr) {
+            std::string path = "responses[" + std::to_string(i++) + "]";
+            std::string_view sv;
+            if (!is_string(r, sv)) return fail(err_, "invalid_type", "a response is a string", path);
+            if (!links::response_valid(sv)) {
+                return fail(err_, "invalid_value",
+                            "a response is 1-32 of ASCII letters, digits, space and _ - . , ! ? ' (not starting "
+                            "or ending with a space)",
+                            path);
+            }
+            if (std::find(msg_.responses.begin(), msg_.responses.end(), sv) != msg_.responses.end()) {
+                return fail(err_, "invalid_value", "responses must differ", path);
+            }
+            msg_.responses.emplace_back(sv);
+        }
+        return true;
+    }
+
+    // Each placeholder is a URL in every recipient's copy: a few of them, not
+    // a body of nothing else (links::personalize fills no more than these).
+    bool placeholders() {
+        if (!msg_.unsubscribe && msg_.responses.empty()) return true;
+        for (auto part : {std::make_pair("text", &msg_.text), std::make_pair("html", &msg_.html)}) {
+            if (links::placeholders(*part.second) > limits_.max_placeholders) {
+                return fail(err_, "invalid_value",
+                            "at most " + std::to_string(limits_.max_placeholders) +
+                                " link placeholders ({{unsubscribe_url}}, {{response_url:...}}) a part",
+                            part.first);
+            }
+        }
+        return true;
+    }
+
+    // {"base": url, "expires": unix s}: what the module stamped when it took the message
+    bool stamped_links(object root) {
+        element v;
+        if (!limits_.stamped_fields || !member(root, "links", v)) return true;
+        object o;
+        element base, expires;
+        std::string_view b;
+        int64_t e = 0;
+        if (v.get_object().get(o) != simdjson::SUCCESS || !member(o, "base", base) || !is_string(base, b) ||
+            !member(o, "expires", expires) || expires.get_int64().get(e) != simdjson::SUCCESS) {
+            return fail(err_, "invalid_type", "links is {base, expires}", "links");
+        }
+        msg_.link_base.assign(b);
+        msg_.link_expires = e;
+        return true;
     }
 
     bool tags(object root) {
@@ -452,9 +558,10 @@ private:
                 return fail(err_, "required", "content is required", path + ".content");
             }
             // An empty file is a file: content may be "".
-            if (!string_field(ao, "filename", path + ".filename", att.filename, true, 255) ||
-                !string_field(ao, "content", path + ".content", att.content_base64, false, SIZE_MAX)) {
-                return false;
+            std::string_view content_sv;
+            if (!string_field(ao, "filename", path + ".filename", att.filename, true, 255)) return false;
+            if (!is_string(content, content_sv)) {
+                return fail(err_, "invalid_type", "content must be a string", path + ".content");
             }
             if (has_control(att.filename, false) || att.filename.find_first_of("/\\") != std::string::npos) {
                 return fail(err_, "invalid_value", "filename must not contain control characters or slashes",
@@ -471,10 +578,16 @@ private:
             } else {
                 att.content_type = "application/octet-stream";
             }
-            if (!base64_valid(att.content_base64)) {
+            if (!base64_valid(content_sv)) {
                 return fail(err_, "invalid_base64", "content must be standard base64", path + ".content");
             }
-            size_t size = base64_decoded_size(att.content_base64);
+            size_t size = base64_decoded_size(content_sv);
+            att.size = size;
+            if (limits_.attachment_contents) {
+                att.content_base64.assign(content_sv);
+            } else {
+                att.content_omitted = true;
+            }
             if (size > limits_.max_attachment_bytes) {
                 return fail(err_, "too_large",
                             "an attachment may be at most " + std::to_string(limits_.max_attachment_bytes) + " bytes",
@@ -554,11 +667,16 @@ bool address_valid(std::string_view addr) {
     if (addr.size() < 3 || addr.size() > 254 || has_control(addr, false)) return false;
     size_t at = addr.rfind('@');
     if (at == std::string_view::npos) return false;
-    return local_part_valid(addr.substr(0, at)) && domain_valid(addr.substr(at + 1));
+    std::string ascii_domain;  // an internationalised domain must have A-labels (IDNA2008)
+    return local_part_valid(addr.substr(0, at)) && domain_valid(addr.substr(at + 1)) &&
+           domain_to_ascii(addr.substr(at + 1), ascii_domain) && domain_valid(ascii_domain);
 }
 
+// The domain as its A-labels, so that "a@bücher.de" and "a@xn--bcher-kva.de"
+// are one mailbox; the local part with its ASCII letters lower-cased.
 std::string address_normalise(std::string_view addr) {
-    std::string out(addr);
+    std::string out;
+    if (!address_to_ascii_domain(addr, out)) out.assign(addr);
     for (char &c : out) {
         if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
     }
@@ -576,12 +694,26 @@ std::vector<std::string> message_recipients(const Message &msg) {
     return out;
 }
 
-bool message_parse(std::string_view json, const MessageLimits &limits, int64_t now, Message &msg,
-                   FieldError &err) {
-    // One parser a thread, reused: its buffers grow to the largest body seen.
-    thread_local simdjson::dom::parser parser;
-    element root;
-    simdjson::error_code code = parser.parse(json.data(), json.size()).get(root);
+std::vector<std::string> message_envelope_recipients(const Message &msg) {
+    std::vector<std::string> out, seen;
+    for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
+        for (const Address &a : *list) {
+            std::string n = address_normalise(a.email);
+            if (std::find(seen.begin(), seen.end(), n) != seen.end()) continue;
+            seen.push_back(std::move(n));
+            out.push_back(a.email);
+        }
+    }
+    return out;
+}
+
+namespace {
+
+// One parser a thread, reused: its buffers grow to the largest body seen.
+thread_local simdjson::dom::parser t_parser;
+
+bool parse_root(simdjson::error_code code, element root, size_t size, const MessageLimits &limits, int64_t now,
+                Message &msg, FieldError &err) {
     if (code != simdjson::SUCCESS) {
         return fail(err, "invalid_json", std::string("malformed JSON: ") + simdjson::error_message(code), "", 400);
     }
@@ -590,20 +722,41 @@ bool message_parse(std::string_view json, const MessageLimits &limits, int64_t n
         return fail(err, "invalid_json", "malformed JSON: duplicate key \"" + dup.substr(0, 64) + "\"", "", 400);
     }
     Message m;
-    if (!Parser(limits, now, m, err).parse(root)) return false;
+    bool ok = Parser(limits, now, m, err).parse(root);
+    // The parser keeps buffers as large as the largest document it has seen,
+    // for the life of the thread: after a large one, give them back.
+    if (size > (1u << 20)) t_parser = simdjson::dom::parser();
+    if (!ok) return false;
     msg = std::move(m);
     return true;
 }
 
+}  // namespace
+
+bool message_parse(std::string_view json, const MessageLimits &limits, int64_t now, Message &msg,
+                   FieldError &err) {
+    element root;
+    simdjson::error_code code = t_parser.parse(json.data(), json.size()).get(root);
+    return parse_root(code, root, json.size(), limits, now, msg, err);
+}
+
+bool message_parse(const std::string &json, const MessageLimits &limits, int64_t now, Message &msg,
+                   FieldError &err) {
+    element root;
+    // not copied when the string has room for simdjson's padding after it
+    simdjson::error_code code = t_parser.parse(json).get(root);
+    return parse_root(code, root, json.size(), limits, now, msg, err);
+}
+
 std::string message_to_json(const Message &m) {
-    Json o(message_json(m));
+    Json o(message_json(m, true, true));
     char *s = json_dumps(o.get(), JSON_COMPACT | JSON_PRESERVE_ORDER);
     std::string out = s ? s : "";
     free(s);
     return out;
 }
 
-json_t *message_json(const Message &m) {
+json_t *message_json(const Message &m, bool attachment_contents, bool stamped) {
     Json o(json_object());
     json_object_set_new(o.get(), "from", address_json(m.from));
     json_object_set_new(o.get(), "to", address_list_json(m.to));
@@ -620,8 +773,11 @@ json_t *message_json(const Message &m) {
             json_t *ao = json_object();
             json_object_set_new(ao, "filename", json_string(a.filename.c_str()));
             json_object_set_new(ao, "content_type", json_string(a.content_type.c_str()));
-            json_object_set_new(ao, "content",
-                                json_stringn(a.content_base64.data(), a.content_base64.size()));
+            if (a.content_omitted || !attachment_contents) {
+                json_object_set_new(ao, "size", json_integer(static_cast<json_int_t>(a.size)));
+            } else {
+                json_object_set_new(ao, "content", json_stringn(a.content_base64.data(), a.content_base64.size()));
+            }
             json_array_append_new(arr, ao);
         }
         json_object_set_new(o.get(), "attachments", arr);
@@ -634,6 +790,17 @@ json_t *message_json(const Message &m) {
     if (!m.metadata.empty()) json_object_set_new(o.get(), "metadata", pairs_json(m.metadata));
     if (m.send_at) {
         json_object_set_new(o.get(), "send_at", json_string(rfc3339_format_ms(m.send_at * 1000).c_str()));
+    }
+    if (m.unsubscribe) json_object_set_new(o.get(), "unsubscribe", json_true());
+    if (!m.responses.empty()) {
+        json_t *arr = json_array();
+        for (const std::string &r : m.responses) json_array_append_new(arr, json_string(r.c_str()));
+        json_object_set_new(o.get(), "responses", arr);
+    }
+    if (stamped && !m.link_base.empty()) {
+        json_object_set_new(o.get(), "links",
+                            json_pack("{s:s, s:I}", "base", m.link_base.c_str(), "expires",
+                                      static_cast<json_int_t>(m.link_expires)));
     }
     return o.release();
 }

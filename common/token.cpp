@@ -7,20 +7,48 @@
 
 namespace mailapi {
 
+namespace {
+
+const char *const SCOPE_NAMES[] = {"send", "read", "webhooks", "erase"};  // in the canonical order, bit by bit
+
+}  // namespace
+
 unsigned scopes_parse(std::string_view s) {
-    if (s == "send") return SCOPE_SEND;
-    if (s == "read") return SCOPE_READ;
-    if (s == "send+read" || s == "read+send") return SCOPE_SEND | SCOPE_READ;
-    return 0;
+    unsigned out = 0;
+    size_t start = 0;
+    while (start <= s.size()) {
+        size_t plus = s.find('+', start);
+        std::string_view one = s.substr(start, plus == std::string_view::npos ? std::string_view::npos : plus - start);
+        unsigned bit = 0;
+        for (unsigned i = 0; i < 4; i++) {
+            if (one == SCOPE_NAMES[i]) bit = 1u << i;
+        }
+        if (bit == 0 || (out & bit)) return 0;  // unknown, empty, or given twice
+        out |= bit;
+        if (plus == std::string_view::npos) break;
+        start = plus + 1;
+    }
+    return out;
 }
 
 const char *scopes_name(unsigned scopes) {
-    switch (scopes) {
-    case SCOPE_SEND: return "send";
-    case SCOPE_READ: return "read";
-    case SCOPE_SEND | SCOPE_READ: return "send+read";
-    default: return "";
-    }
+    static const char *const names[16] = {"",
+                                          "send",
+                                          "read",
+                                          "send+read",
+                                          "webhooks",
+                                          "send+webhooks",
+                                          "read+webhooks",
+                                          "send+read+webhooks",
+                                          "erase",
+                                          "send+erase",
+                                          "read+erase",
+                                          "send+read+erase",
+                                          "webhooks+erase",
+                                          "send+webhooks+erase",
+                                          "read+webhooks+erase",
+                                          "send+read+webhooks+erase"};
+    return scopes < 16 ? names[scopes] : "";
 }
 
 bool key_id_valid(std::string_view id) {

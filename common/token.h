@@ -7,9 +7,12 @@
 
 namespace mailapi {
 
-enum Scope : unsigned { SCOPE_SEND = 1, SCOPE_READ = 2 };
+// webhooks: manage the tenant's outbound webhook endpoints (/v1/webhooks)
+enum Scope : unsigned { SCOPE_SEND = 1, SCOPE_READ = 2, SCOPE_WEBHOOKS = 4, SCOPE_ERASE = 8 };
+constexpr unsigned SCOPE_ALL = SCOPE_SEND | SCOPE_READ | SCOPE_WEBHOOKS | SCOPE_ERASE;
 
-// Parses "send", "read" or "send+read" (also "read+send"); 0 when invalid.
+// Parses "+"-joined scopes ("send", "read+send", "send+read+webhooks"), each
+// once, in any order; 0 when invalid.
 unsigned scopes_parse(std::string_view s);
 const char *scopes_name(unsigned scopes);  // canonical form
 

@@ -26,17 +26,18 @@ void Breaker::record(bool failed) {
     }
 }
 
-void Breaker::send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-                   std::function<void(SendOutcome)> done) {
+void Breaker::send(const SendRequest &req, std::function<void(SendOutcome)> done) {
     if (state_ == State::open && ev_now(loop_) - opened_at_ >= settings_.cooldown) set_state(State::half_open);
     bool probe = false;
     if (state_ == State::open || (state_ == State::half_open && probing_)) {
-        SendOutcome skipped{SendResult::transient, 0, "circuit open", false, true};
+        SendOutcome skipped;
+        skipped.reason = "circuit open";
+        skipped.skipped = true;
         done(skipped);
         return;
     }
     if (state_ == State::half_open) probing_ = probe = true;
-    inner_->send(message_id, tenant, msg, [this, probe, done](SendOutcome out) {
+    inner_->send(req, [this, probe, done](SendOutcome out) {
         bool failed = out.provider_fault;  // a refused recipient says nothing about the provider
         if (probe) {
             probing_ = false;

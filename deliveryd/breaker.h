@@ -30,8 +30,7 @@ public:
     Breaker(struct ev_loop *loop, std::unique_ptr<Provider> inner, BreakerSettings settings);
 
     const std::string &name() const override { return inner_->name(); }
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
     State state() const { return state_; }
 
 private:

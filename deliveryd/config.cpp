@@ -3,12 +3,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
 
+#include "apikeys.h"
+#include "idna.h"
 #include "lines.h"
+#include "message.h"
+#include "redis_address.h"
+#include "smtp_url.h"
 
 namespace {
 
@@ -17,6 +23,21 @@ bool set_int(const std::string &v, int min, int max, int &out) {
     long n = std::strtol(v.c_str(), &end, 10);
     if (v.empty() || *end != '\0' || n < min || n > max) return false;
     out = static_cast<int>(n);
+    return true;
+}
+
+// "512", "64k", "256m", "2g": bytes.
+bool set_size(const std::string &v, size_t min, size_t max, size_t &out) {
+    char *end = nullptr;
+    unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || end == v.c_str()) return false;
+    std::string unit(end);
+    unsigned long long mult = unit.empty() ? 1 : unit == "k" || unit == "K" ? 1ULL << 10
+                                               : unit == "m" || unit == "M" ? 1ULL << 20
+                                               : unit == "g" || unit == "G" ? 1ULL << 30
+                                                                            : 0;
+    if (mult == 0 || n > max / mult || n * mult < min) return false;
+    out = static_cast<size_t>(n * mult);
     return true;
 }
 
@@ -42,11 +63,12 @@ struct ProviderType {
 
 const ProviderType TYPES[] = {
     {"smtp", {}, {{"url", "smtp://127.0.0.1:25"}, {"starttls", "no"}}, {"username", "password"}},
-    {"sendgrid", {"api_key"}, {{"url", "https://api.sendgrid.com"}}, {}},
-    {"mailgun", {"domain", "api_key"}, {{"url", "https://api.mailgun.net"}}, {}},
-    {"postmark", {"server_token"}, {{"url", "https://api.postmarkapp.com"}, {"message_stream", "outbound"}}, {}},
+    // smtputf8=yes: the API takes addresses with UTF-8 local parts (SES does not, by its documentation)
+    {"sendgrid", {"api_key"}, {{"url", "https://api.sendgrid.com"}, {"smtputf8", "no"}}, {}},
+    {"mailgun", {"domain", "api_key"}, {{"url", "https://api.mailgun.net"}, {"smtputf8", "no"}}, {}},
+    {"postmark", {"server_token"}, {{"url", "https://api.postmarkapp.com"}, {"message_stream", "outbound"}, {"smtputf8", "no"}}, {}},
     {"ses", {"region", "access_key_id", "secret_access_key"}, {}, {"url", "session_token", "configuration_set"}},
-    {"http", {"url"}, {}, {"token"}},
+    {"http", {"url"}, {{"smtputf8", "no"}}, {"token"}},
 };
 const char *const COMMON_KEYS[] = {"rate", "burst", "concurrency", "cacert"};
 
@@ -78,7 +100,9 @@ std::string provider_option(ProviderSpec &spec, std::string key, const std::stri
     if (key == "concurrency" && !set_int(v, 0, 100000, n)) {
         return "provider " + spec.name + ": concurrency must be 0 (unlimited)..100000";
     }
-    if (key == "starttls" && v != "yes" && v != "no") return "provider " + spec.name + ": starttls is yes or no";
+    if ((key == "starttls" || key == "smtputf8") && v != "yes" && v != "no") {
+        return "provider " + spec.name + ": " + key + " is yes or no";
+    }
     if (key == "url") {
         bool smtp = spec.type == "smtp";
         bool ok = smtp ? v.rfind("smtp://", 0) == 0 || v.rfind("smtps://", 0) == 0
@@ -138,6 +162,129 @@ std::string parse_route(const std::string &text, Route &route) {
     return "";
 }
 
+// Every "name value" setting: what it sets and its bounds, read by the file
+// parser, the DELIVERYD_<NAME> overrides, --check-config and SIGHUP (which
+// refuses the restart-only ones).
+struct Setting {
+    enum Kind { TEXT, INT, SIZE, REDIS, ROUTE, SHORTHAND } kind;
+    const char *name;
+    std::string Config::*text = nullptr;
+    int Config::*number = nullptr;
+    size_t Config::*size = nullptr;
+    long long min = 0, max = 0;
+    const char *unit = "";
+    bool restart_only = false;
+    const char *provider = "", *key = "";  // SHORTHAND: a key of an implicit provider
+};
+
+Setting text(const char *name, std::string Config::*m, bool restart = false) {
+    Setting s{Setting::TEXT, name};
+    s.text = m;
+    s.restart_only = restart;
+    return s;
+}
+
+Setting number(const char *name, int Config::*m, long long min, long long max, const char *unit = "",
+               bool restart = false) {
+    Setting s{Setting::INT, name};
+    s.number = m;
+    s.min = min;
+    s.max = max;
+    s.unit = unit;
+    s.restart_only = restart;
+    return s;
+}
+
+Setting shorthand(const char *name, const char *provider, const char *key) {
+    Setting s{Setting::SHORTHAND, name};
+    s.provider = provider;
+    s.key = key;
+    return s;
+}
+
+const std::vector<Setting> &settings() {
+    static const std::vector<Setting> all = [] {
+        Setting redis{Setting::REDIS, "redis"};
+        redis.text = &Config::redis;
+        redis.restart_only = true;
+        Setting bytes{Setting::SIZE, "max_in_flight_bytes"};
+        bytes.size = &Config::max_in_flight_bytes;
+        bytes.min = 1LL << 20;
+        bytes.max = 64LL << 30;
+        bytes.unit = "1m..64g (bytes, or with k, m or g)";
+        return std::vector<Setting>{
+            redis,
+            text("stream", &Config::stream, true),
+            text("group", &Config::group, true),
+            text("consumer", &Config::consumer, true),
+            text("mongodb", &Config::mongodb, true),
+            text("keyring", &Config::keyring),
+            text("message_id_domain", &Config::message_id_domain),
+            text("admin_listen", &Config::admin_listen, true),
+            text("scheduled", &Config::scheduled, true),
+            text("dead_letters", &Config::dead_letters, true),
+            Setting{Setting::ROUTE, "providers"},
+            number("connections_per_host", &Config::connections_per_host, 1, 1000, "", true),
+            number("breaker_window", &Config::breaker_window, 1, 10000),
+            number("breaker_min_requests", &Config::breaker_min_requests, 1, 10000),
+            number("breaker_threshold", &Config::breaker_threshold, 1, 100, "(percent)"),
+            number("breaker_cooldown", &Config::breaker_cooldown, 1, 3600, "seconds"),
+            number("batch", &Config::batch, 1, 10000),
+            // the sweep's timer and the keep-claimed and reap timers follow these
+            number("retry_interval", &Config::retry_interval, 1, 3600, "seconds", true),
+            number("claim_idle", &Config::claim_idle, 1, 86400, "seconds", true),
+            number("max_in_flight", &Config::max_in_flight, 1, 100000),
+            bytes,
+            number("send_timeout", &Config::send_timeout, 1, 600, "seconds"),
+            number("retry_base", &Config::retry_base, 1, 86400, "seconds"),
+            number("retry_max_delay", &Config::retry_max_delay, 1, 86400, "seconds"),
+            number("max_attempts", &Config::max_attempts, 1, 1000),
+            number("max_age", &Config::max_age, 1, 30 * 86400, "seconds"),
+            number("shutdown_grace", &Config::shutdown_grace, 0, 600, "seconds"),
+            number("dead_letters_max", &Config::dead_letters_max, 1, 100000000),
+            number("webhook_timeout", &Config::webhook_timeout, 1, 60, "seconds"),
+            // restart-only: connections opened while allowed would be reused after
+            number("webhook_allow_private", &Config::webhook_allow_private, 0, 1, "(1: allow)", true),
+            number("webhook_disable_after", &Config::webhook_disable_after, 1, 30 * 86400, "seconds"),
+            text("webhook_retry_schedule", &Config::webhook_retry_schedule),
+            number("webhook_queue_max", &Config::webhook_queue_max, 1, 100000000),
+            // the sweeper's thread takes these at start
+            number("retention_sweep_every", &Config::retention_sweep_every, 1, 86400, "seconds", true),
+            number("retention_batch", &Config::retention_batch, 1, 100000, "(messages a sweep)", true),
+            number("retention_clock_offset", &Config::retention_clock_offset, 0,
+                   int64_t{mailapi::RETENTION_DAYS_MAX + 1} * 86400, "seconds", true),
+            shorthand("smtp_url", "smtp", "url"),
+            shorthand("smtp_username", "smtp", "username"),
+            shorthand("smtp_password", "smtp", "password"),
+            shorthand("smtp_password_file", "smtp", "password_file"),
+            shorthand("smtp_starttls", "smtp", "starttls"),
+            shorthand("smtp_rate", "smtp", "rate"),
+            shorthand("sendgrid_url", "sendgrid", "url"),
+            shorthand("sendgrid_api_key", "sendgrid", "api_key"),
+            shorthand("sendgrid_api_key_file", "sendgrid", "api_key_file"),
+            shorthand("sendgrid_rate", "sendgrid", "rate"),
+            shorthand("http_url", "http", "url"),
+            shorthand("http_token", "http", "token"),
+            shorthand("http_token_file", "http", "token_file"),
+            shorthand("http_rate", "http", "rate"),
+        };
+    }();
+    return all;
+}
+
+const Setting *setting(const std::string &name) {
+    for (const Setting &s : settings()) {
+        if (name == s.name) return &s;
+    }
+    return nullptr;
+}
+
+std::string bounds_error(const Setting &s) {
+    if (s.kind == Setting::SIZE) return std::string(s.name) + " must be " + s.unit;
+    return std::string(s.name) + " must be " + std::to_string(s.min) + ".." + std::to_string(s.max) +
+           (*s.unit ? std::string(" ") + s.unit : "");
+}
+
 struct Loader {
     Config &c;
     // The shorthands' providers (smtp_url, sendgrid_*, http_*), used when a
@@ -155,68 +302,36 @@ struct Loader {
 
     // Applies one "name value" setting; returns an error text, empty on success.
     std::string apply(const std::string &name, const std::string &v) {
-        if (name == "redis") c.redis = v;
-        else if (name == "stream") c.stream = v;
-        else if (name == "group") c.group = v;
-        else if (name == "consumer") c.consumer = v;
-        else if (name == "mongodb") c.mongodb = v;
-        else if (name == "keyring") c.keyring = v;
-        else if (name == "smtp_url") return shorthand("smtp", "url", v);
-        else if (name == "smtp_username") return shorthand("smtp", "username", v);
-        else if (name == "smtp_password") return shorthand("smtp", "password", v);
-        else if (name == "smtp_password_file") return shorthand("smtp", "password_file", v);
-        else if (name == "smtp_starttls") return shorthand("smtp", "starttls", v);
-        else if (name == "sendgrid_url") return shorthand("sendgrid", "url", v);
-        else if (name == "sendgrid_api_key") return shorthand("sendgrid", "api_key", v);
-        else if (name == "sendgrid_api_key_file") return shorthand("sendgrid", "api_key_file", v);
-        else if (name == "http_url") return shorthand("http", "url", v);
-        else if (name == "http_token") return shorthand("http", "token", v);
-        else if (name == "http_token_file") return shorthand("http", "token_file", v);
-        else if (name == "smtp_rate") return shorthand("smtp", "rate", v);
-        else if (name == "sendgrid_rate") return shorthand("sendgrid", "rate", v);
-        else if (name == "http_rate") return shorthand("http", "rate", v);
-        else if (name == "message_id_domain") c.message_id_domain = v;
-        else if (name == "providers") {
+        const Setting *st = setting(name);
+        if (st == nullptr) return "unknown setting \"" + name + "\"";
+        switch (st->kind) {
+        case Setting::TEXT:
+            if (v.empty()) return name + " must not be empty";
+            c.*st->text = v;
+            return "";
+        case Setting::INT: {
+            int n = 0;
+            if (!set_int(v, static_cast<int>(st->min), static_cast<int>(st->max), n)) return bounds_error(*st);
+            c.*st->number = n;
+            return "";
+        }
+        case Setting::SIZE:
+            return set_size(v, static_cast<size_t>(st->min), static_cast<size_t>(st->max), c.*st->size)
+                       ? ""
+                       : bounds_error(*st);
+        case Setting::REDIS: {
+            mailapi::RedisAddress addr;
+            std::string e;
+            if (!mailapi::redis_address_parse(v, addr, e)) return name + ": " + e + " (host:port or unix:/path)";
+            c.*st->text = v;
+            return "";
+        }
+        case Setting::ROUTE: {
             std::string e = parse_route(v, c.routes["*"]);
-            if (!e.empty()) return "providers: " + e;
-        } else if (name == "batch") {
-            if (!set_int(v, 1, 10000, c.batch)) return "batch must be 1..10000";
-        } else if (name == "retry_interval") {
-            if (!set_int(v, 1, 3600, c.retry_interval)) return "retry_interval must be 1..3600 seconds";
-        } else if (name == "claim_idle") {
-            if (!set_int(v, 1, 86400, c.claim_idle)) return "claim_idle must be 1..86400 seconds";
-        } else if (name == "admin_listen") {
-            c.admin_listen = v;
-        } else if (name == "breaker_window") {
-            if (!set_int(v, 1, 10000, c.breaker_window)) return "breaker_window must be 1..10000";
-        } else if (name == "breaker_min_requests") {
-            if (!set_int(v, 1, 10000, c.breaker_min_requests)) return "breaker_min_requests must be 1..10000";
-        } else if (name == "breaker_threshold") {
-            if (!set_int(v, 1, 100, c.breaker_threshold)) return "breaker_threshold must be 1..100 (percent)";
-        } else if (name == "breaker_cooldown") {
-            if (!set_int(v, 1, 3600, c.breaker_cooldown)) return "breaker_cooldown must be 1..3600 seconds";
-        } else if (name == "connections_per_host") {
-            if (!set_int(v, 1, 1000, c.connections_per_host)) return "connections_per_host must be 1..1000";
-        } else if (name == "max_in_flight") {
-            if (!set_int(v, 1, 100000, c.max_in_flight)) return "max_in_flight must be 1..100000";
-        } else if (name == "send_timeout") {
-            if (!set_int(v, 1, 600, c.send_timeout)) return "send_timeout must be 1..600 seconds";
-        } else if (name == "retry_base") {
-            if (!set_int(v, 1, 86400, c.retry_base)) return "retry_base must be 1..86400 seconds";
-        } else if (name == "retry_max_delay") {
-            if (!set_int(v, 1, 86400, c.retry_max_delay)) return "retry_max_delay must be 1..86400 seconds";
-        } else if (name == "max_attempts") {
-            if (!set_int(v, 1, 1000, c.max_attempts)) return "max_attempts must be 1..1000";
-        } else if (name == "max_age") {
-            if (!set_int(v, 1, 30 * 86400, c.max_age)) return "max_age must be 1..2592000 seconds";
-        } else if (name == "shutdown_grace") {
-            if (!set_int(v, 0, 600, c.shutdown_grace)) return "shutdown_grace must be 0..600 seconds";
-        } else if (name == "scheduled") {
-            c.scheduled = v;
-        } else if (name == "dead_letters") {
-            c.dead_letters = v;
-        } else {
-            return "unknown setting \"" + name + "\"";
+            return e.empty() ? "" : name + ": " + e;
+        }
+        case Setting::SHORTHAND:
+            return provider_option(implicit[st->provider], st->key, v);
         }
         return "";
     }
@@ -255,9 +370,34 @@ struct Loader {
         return e.empty() ? "" : "route " + f[1] + ": " + e;
     }
 
+    // dkim DOMAIN SELECTOR key_file=PATH
+    std::string dkim_line(const std::vector<std::string> &f) {
+        if (f.size() != 4 || f[3].rfind("key_file=", 0) != 0 || f[3].size() == 9) {
+            return "expected \"dkim DOMAIN SELECTOR key_file=PATH\"";
+        }
+        DkimSpec d;
+        if (!mailapi::domain_to_ascii(f[1], d.domain) || !mailapi::address_valid("postmaster@" + d.domain) ||
+            d.domain.front() == '[') {
+            return "dkim: \"" + f[1].substr(0, 64) + "\" is not a domain";
+        }
+        d.selector = f[2];
+        bool selector_ok = !d.selector.empty() && d.selector.size() <= 63 &&
+                           std::all_of(d.selector.begin(), d.selector.end(), [](char ch) {
+                               return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.';
+                           });
+        if (!selector_ok) return "dkim " + d.domain + ": the selector must be 1-63 of [A-Za-z0-9.-]";
+        for (const DkimSpec &o : c.dkim_specs) {
+            if (o.domain == d.domain && o.selector == d.selector) return "dkim " + d.domain + " " + d.selector + " is given twice";
+        }
+        d.key_file = f[3].substr(9);
+        c.dkim_specs.push_back(std::move(d));
+        return "";
+    }
+
     std::string line(const std::vector<std::string> &f) {
         if (f[0] == "provider") return provider_line(f);
         if (f[0] == "route") return route_line(f);
+        if (f[0] == "dkim") return dkim_line(f);
         return f.size() == 2 ? apply(f[0], f[1]) : "expected \"name value\"";
     }
 
@@ -288,16 +428,6 @@ struct Loader {
     }
 };
 
-const char *const ENV_NAMES[] = {"redis", "stream", "group", "consumer", "mongodb", "keyring", "smtp_url",
-                                 "smtp_username", "smtp_password", "smtp_password_file", "smtp_starttls",
-                                 "connections_per_host", "message_id_domain", "providers", "sendgrid_url",
-                                 "sendgrid_api_key", "sendgrid_api_key_file", "http_url", "http_token",
-                                 "http_token_file", "smtp_rate", "sendgrid_rate", "http_rate", "admin_listen",
-                                 "breaker_window", "breaker_min_requests", "breaker_threshold", "breaker_cooldown",
-                                 "batch", "retry_interval", "claim_idle", "max_in_flight", "send_timeout",
-                                 "retry_base", "retry_max_delay", "max_attempts", "max_age", "shutdown_grace",
-                                 "scheduled", "dead_letters"};
-
 }  // namespace
 
 bool config_load(const std::string &path, Config &cfg, std::string &err) {
@@ -318,7 +448,8 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
         });
         if (!ok) return false;
     }
-    for (const char *name : ENV_NAMES) {
+    for (const Setting &st : settings()) {
+        const char *name = st.name;
         std::string var = "DELIVERYD_";
         for (const char *p = name; *p; p++) var.push_back(static_cast<char>(std::toupper(*p)));
         if (const char *v = std::getenv(var.c_str())) {
@@ -331,6 +462,30 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
     }
     err = loader.resolve();
     if (!err.empty()) return false;
+    if (!c.dkim_specs.empty() && !(c.dkim = DkimSigner::load(c.dkim_specs, err))) return false;
+    {
+        std::stringstream list(c.webhook_retry_schedule);
+        std::string item;
+        while (std::getline(list, item, ',')) {
+            int n = 0;
+            if (!set_int(item, 1, 7 * 86400, n) || c.webhook_retries.size() >= 20) {
+                err = "webhook_retry_schedule: 1-20 comma-separated delays of 1..604800 seconds (e.g. 5,300,1800)";
+                return false;
+            }
+            c.webhook_retries.push_back(n);
+        }
+        if (c.webhook_retries.empty()) {
+            err = "webhook_retry_schedule: at least one delay";
+            return false;
+        }
+    }
+    for (const ProviderSpec &p : c.provider_specs) {
+        SmtpSettings smtp;
+        if (p.type == "smtp" && !smtp_url_parse(p.get("url"), smtp, err)) {
+            err = "provider " + p.name + ": " + err;
+            return false;
+        }
+    }
     if (c.claim_idle <= c.send_timeout) {
         // or a live instance's slow send would be taken over and sent twice
         err = "claim_idle (" + std::to_string(c.claim_idle) + " s) must be longer than send_timeout (" +
@@ -348,17 +503,46 @@ bool config_load(const std::string &path, Config &cfg, std::string &err) {
 
 std::string config_restart_needed(const Config &a, const Config &b) {
     std::string out;
-    auto check = [&](const char *name, bool same) {
-        if (!same) out += (out.empty() ? "" : ", ") + std::string(name);
-    };
-    check("redis", a.redis == b.redis);
-    check("stream", a.stream == b.stream);
-    check("group", a.group == b.group);
-    check("mongodb", a.mongodb == b.mongodb);
-    check("admin_listen", a.admin_listen == b.admin_listen);
-    check("connections_per_host", a.connections_per_host == b.connections_per_host);
-    check("retry_interval", a.retry_interval == b.retry_interval);
-    check("scheduled", a.scheduled == b.scheduled);
-    check("dead_letters", a.dead_letters == b.dead_letters);
+    for (const Setting &st : settings()) {
+        if (!st.restart_only || !std::strcmp(st.name, "consumer")) continue;  // consumer: kept by the caller
+        bool same = st.kind == Setting::INT    ? a.*st.number == b.*st.number
+                    : st.kind == Setting::SIZE ? a.*st.size == b.*st.size
+                                               : a.*st.text == b.*st.text;
+        if (!same) out += (out.empty() ? "" : ", ") + std::string(st.name);
+    }
+    return out;
+}
+
+namespace {
+
+// "mongodb://user:secret@host/db" -> "mongodb://user:***@host/db"
+std::string without_password(const std::string &v) {
+    size_t scheme = v.find("://"), at = v.find('@');
+    if (scheme == std::string::npos || at == std::string::npos || at < scheme) return v;
+    size_t colon = v.find(':', scheme + 3);
+    if (colon == std::string::npos || colon > at) return v;
+    return v.substr(0, colon + 1) + "***" + v.substr(at);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> config_settings(const Config &c) {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const Setting &st : settings()) {
+        switch (st.kind) {
+        case Setting::TEXT:
+        case Setting::REDIS:
+            out.emplace_back(st.name, without_password(c.*st.text));
+            break;
+        case Setting::INT:
+            out.emplace_back(st.name, std::to_string(c.*st.number));
+            break;
+        case Setting::SIZE:
+            out.emplace_back(st.name, std::to_string(c.*st.size));
+            break;
+        default:  // routes and providers are listed on their own, without secrets
+            break;
+        }
+    }
     return out;
 }

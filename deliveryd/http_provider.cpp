@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <memory>
 
+#include "mime.h"
+
 namespace {
 
 // One transfer: the easy handle and everything it points into.
@@ -94,14 +96,54 @@ void HttpApi::perform(HttpRequest req, std::function<SendOutcome(const HttpAnswe
     if (!added) done({SendResult::transient, 0, "cannot start transfer"});
 }
 
+const mailapi::Message *HttpApi::message_for(const SendRequest &req, mailapi::Message &subset,
+                                             std::function<void(SendOutcome)> &done) const {
+    const mailapi::Message &m = *req.msg;
+    if (!smtputf8_ && mailapi::message_needs_smtputf8(m)) {
+        SendOutcome out;
+        out.reason = name_ + " is not set to take addresses with UTF-8 local parts (smtputf8=yes), which this message has";
+        out.unsupported = true;
+        done(out);
+        return nullptr;
+    }
+    if (req.all()) return &m;
+    // A retry for some of the recipients: the API sends to whom its lists
+    // name, so the lists hold only those (the SMTP path keeps the headers).
+    std::vector<std::string> rcpts = mailapi::message_envelope_recipients(m);
+    std::vector<std::string> keep;
+    for (size_t i : req.rcpts) {
+        if (i < rcpts.size()) keep.push_back(mailapi::address_normalise(rcpts[i]));
+    }
+    auto filter = [&keep](const std::vector<mailapi::Address> &in) {
+        std::vector<mailapi::Address> out;
+        for (const mailapi::Address &a : in) {
+            std::string n = mailapi::address_normalise(a.email);
+            auto it = std::find(keep.begin(), keep.end(), n);
+            if (it == keep.end()) continue;
+            keep.erase(it);  // once, as the envelope has it
+            out.push_back(a);
+        }
+        return out;
+    };
+    subset = m;
+    subset.to = filter(m.to);
+    subset.cc = filter(m.cc);
+    subset.bcc = filter(m.bcc);
+    if (subset.to.empty() && !subset.cc.empty()) subset.to.swap(subset.cc);  // the APIs want someone in to
+    if (subset.to.empty() && !subset.bcc.empty()) subset.to.swap(subset.bcc);
+    return &subset;
+}
+
 SendgridProvider::SendgridProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
     : HttpApi(spec, cfg, multi), auth_("Authorization: Bearer " + spec.get("api_key")) {
     url_ += "/v3/mail/send";
 }
 
-void SendgridProvider::send(const std::string &id, const std::string &, const mailapi::Message &msg,
-                            std::function<void(SendOutcome)> done) {
-    HttpRequest req{url_, {"Content-Type: application/json", auth_}, sendgrid_body(id, msg), {}, "", ""};
+void SendgridProvider::send(const SendRequest &r, std::function<void(SendOutcome)> done) {
+    mailapi::Message subset;
+    const mailapi::Message *msg = message_for(r, subset, done);
+    if (!msg) return;
+    HttpRequest req{url_, {"Content-Type: application/json", auth_}, sendgrid_body(r.id, *msg), {}, "", ""};
     perform(std::move(req), [](const HttpAnswer &a) { return sendgrid_outcome(a.curl_code, a.status, a.body); },
             std::move(done));
 }
@@ -111,9 +153,11 @@ MailgunProvider::MailgunProvider(const ProviderSpec &spec, const Config &cfg, Cu
     url_ += "/v3/" + spec.get("domain") + "/messages";
 }
 
-void MailgunProvider::send(const std::string &id, const std::string &, const mailapi::Message &msg,
-                           std::function<void(SendOutcome)> done) {
-    HttpRequest req{url_, {}, "", mailgun_form(id, msg), "api", api_key_};
+void MailgunProvider::send(const SendRequest &r, std::function<void(SendOutcome)> done) {
+    mailapi::Message subset;
+    const mailapi::Message *msg = message_for(r, subset, done);
+    if (!msg) return;
+    HttpRequest req{url_, {}, "", mailgun_form(r.id, *msg), "api", api_key_};
     perform(std::move(req), [](const HttpAnswer &a) { return mailgun_outcome(a.curl_code, a.status, a.body); },
             std::move(done));
 }
@@ -124,11 +168,13 @@ PostmarkProvider::PostmarkProvider(const ProviderSpec &spec, const Config &cfg, 
     url_ += "/email";
 }
 
-void PostmarkProvider::send(const std::string &id, const std::string &, const mailapi::Message &msg,
-                            std::function<void(SendOutcome)> done) {
+void PostmarkProvider::send(const SendRequest &r, std::function<void(SendOutcome)> done) {
+    mailapi::Message subset;
+    const mailapi::Message *msg = message_for(r, subset, done);
+    if (!msg) return;
     HttpRequest req{url_,
                     {"Accept: application/json", "Content-Type: application/json", token_header_},
-                    postmark_body(id, msg, message_stream_),
+                    postmark_body(r.id, *msg, message_stream_),
                     {},
                     "",
                     ""};
@@ -142,12 +188,19 @@ SesProvider::SesProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti 
                    spec.get("session_token")},
       configuration_set_(spec.get("configuration_set")) {}
 
-void SesProvider::send(const std::string &id, const std::string &, const mailapi::Message &msg,
-                       std::function<void(SendOutcome)> done) {
+void SesProvider::send(const SendRequest &r, std::function<void(SendOutcome)> done) {
+    mailapi::Message subset;
+    const mailapi::Message *msg = message_for(r, subset, done);
+    if (!msg) return;
     HttpRequest req;
     std::string error;
-    if (!ses_body(id, msg, configuration_set_, req.body, error)) {
-        done({SendResult::transient, 0, error});  // SES cannot carry it; another provider may
+    if (!ses_body(r.id, *msg, configuration_set_, req.body, error)) {
+        // SES cannot carry it, now or later: another provider may, and
+        // when none can the message waits in the dead letters (not retried
+        // for max_attempts)
+        SendOutcome out(SendResult::transient, 0, error);
+        out.unsupported = true;
+        done(out);
         return;
     }
     SigV4Request signing;
@@ -170,12 +223,15 @@ void SesProvider::send(const std::string &id, const std::string &, const mailapi
 HookProvider::HookProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
     : HttpApi(spec, cfg, multi), auth_(spec.get("token").empty() ? "" : "Authorization: Bearer " + spec.get("token")) {}
 
-void HookProvider::send(const std::string &id, const std::string &tenant, const mailapi::Message &msg,
-                        std::function<void(SendOutcome)> done) {
+void HookProvider::send(const SendRequest &r, std::function<void(SendOutcome)> done) {
+    mailapi::Message subset;
+    const mailapi::Message *msg = message_for(r, subset, done);
+    if (!msg) return;
+    const std::string &id = r.id;
     json_t *root = json_object();
     json_object_set_new(root, "id", json_string(id.c_str()));
-    json_object_set_new(root, "tenant", json_string(tenant.c_str()));
-    json_object_set_new(root, "message", mailapi::message_json(msg));
+    json_object_set_new(root, "tenant", json_string(r.tenant.c_str()));
+    json_object_set_new(root, "message", mailapi::message_json(*msg));
     char *s = json_dumps(root, JSON_COMPACT);
     json_decref(root);
     HttpRequest req{url_, {"Content-Type: application/json", "X-Mailapi-Id: " + id}, s ? s : "", {}, "", ""};

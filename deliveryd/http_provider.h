@@ -31,15 +31,22 @@ struct HttpAnswer {
 class HttpApi : public Provider {
 public:
     HttpApi(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi)
-        : name_(spec.name), url_(spec.get("url")), cacert_(spec.get("cacert")), cfg_(cfg), multi_(multi) {}
+        : name_(spec.name), url_(spec.get("url")), cacert_(spec.get("cacert")),
+          smtputf8_(spec.get("smtputf8") == "yes"), cfg_(cfg), multi_(multi) {}
     const std::string &name() const override { return name_; }
 
 protected:
+    // The message this API is given: the request's, or a copy holding only
+    // the recipients still to reach (in `subset`). Null when this provider
+    // cannot carry it, after `done` was told so.
+    const mailapi::Message *message_for(const SendRequest &req, mailapi::Message &subset,
+                                        std::function<void(SendOutcome)> &done) const;
     // Sends `req`; `read` turns the answer into the outcome given to `done`.
     void perform(HttpRequest req, std::function<SendOutcome(const HttpAnswer &)> read,
                  std::function<void(SendOutcome)> done);
 
     std::string name_, url_, cacert_;
+    bool smtputf8_;      // the API takes addresses with UTF-8 local parts (smtputf8=yes)
     const Config &cfg_;  // updated in place on SIGHUP
 
 private:
@@ -50,8 +57,7 @@ private:
 class SendgridProvider : public HttpApi {
 public:
     SendgridProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     std::string auth_;
@@ -61,8 +67,7 @@ private:
 class MailgunProvider : public HttpApi {
 public:
     MailgunProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     std::string api_key_;
@@ -72,8 +77,7 @@ private:
 class PostmarkProvider : public HttpApi {
 public:
     PostmarkProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     std::string token_header_, message_stream_;
@@ -83,8 +87,7 @@ private:
 class SesProvider : public HttpApi {
 public:
     SesProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     SigV4Credentials credentials_;
@@ -95,8 +98,7 @@ private:
 class HookProvider : public HttpApi {
 public:
     HookProvider(const ProviderSpec &spec, const Config &cfg, CurlMulti &multi);
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     std::string auth_;

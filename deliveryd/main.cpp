@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <ev.h>
 #include <hiredis/hiredis.h>
+#include <malloc.h>
 #include <mongoc/mongoc.h>
 #include <sys/time.h>
 
@@ -15,59 +16,45 @@
 
 #include "admin.h"
 #include "config.h"
+#include "contract.h"
 #include "crypto.h"
 #include "curl_multi.h"
 #include "delivery.h"
 #include "log.h"
 #include "metrics.h"
+#include "events_in.h"
+#include "webhook_dispatch.h"
+#include "idna.h"
 #include "notify.h"
 #include "provider_set.h"
 #include "queue.h"
+#include "redis_address.h"
 #include "store.h"
+#include "sweeper.h"
 
 namespace {
 
 int usage(int rc) {
     std::fprintf(rc ? stderr : stdout,
-                 "usage: deliveryd [-c FILE] [--check-config | --replay-dead [COUNT]]\n"
+                 "usage: deliveryd [-c FILE] [--check-config | --replay-dead [COUNT] | --dkim-record DOMAIN]\n"
                  "  -c, --config FILE      settings, one \"name value\" a line (see conf/deliveryd.conf)\n"
                  "  --check-config         load settings and the keyring, report, exit\n"
                  "  --replay-dead [COUNT]  put up to COUNT (default all) dead letters back on the queue\n"
+                 "  --dkim-record DOMAIN   print the DNS TXT records to publish for DOMAIN's dkim keys\n"
                  "Every setting can be overridden by DELIVERYD_<NAME> in the environment.\n");
     return rc;
 }
 
-// Dead letters back onto the stream, oldest first, with a fresh attempt count
-// and age (the record keeps its original creation time).
-const char REPLAY_LUA[] = R"lua(
-local entries = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', tonumber(ARGV[1]))
-for _, e in ipairs(entries) do
-  local f, out = e[2], {}
-  for i = 1, #f, 2 do
-    local k, v = f[i], f[i + 1]
-    if k == 'attempt' then v = '0' elseif k == 'created' then v = ARGV[2] end
-    if k ~= 'error' then out[#out + 1] = k; out[#out + 1] = v end
-  end
-  redis.call('XADD', KEYS[1], '*', unpack(out))
-  redis.call('XDEL', KEYS[2], e[1])
-end
-return #entries
-)lua";
-
+// Dead letters back onto the stream, oldest first, as a new generation with a
+// fresh attempt count and age (contract::REPLAY_LUA).
 int replay_dead(const Config &cfg, long count) {
-    std::string host = cfg.redis;
-    int port = 6379;
-    size_t colon = host.rfind(':');
-    redisContext *c;
-    if (host.rfind("unix:", 0) == 0) {
-        c = redisConnectUnix(host.c_str() + 5);
-    } else {
-        if (colon != std::string::npos) {
-            port = std::atoi(host.c_str() + colon + 1);
-            host.resize(colon);
-        }
-        c = redisConnect(host.c_str(), port);
+    mailapi::RedisAddress addr;
+    std::string err;
+    if (!mailapi::redis_address_parse(cfg.redis, addr, err)) {
+        std::fprintf(stderr, "deliveryd: redis %s: %s\n", cfg.redis.c_str(), err.c_str());
+        return 1;
     }
+    redisContext *c = addr.port ? redisConnect(addr.host.c_str(), addr.port) : redisConnectUnix(addr.host.c_str());
     if (c == nullptr || c->err) {
         std::fprintf(stderr, "deliveryd: cannot connect to redis %s: %s\n", cfg.redis.c_str(), c ? c->errstr : "");
         if (c) redisFree(c);
@@ -76,18 +63,55 @@ int replay_dead(const Config &cfg, long count) {
     struct timeval tv;
     gettimeofday(&tv, nullptr);
     std::string now = std::to_string(static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000);
-    auto *r = static_cast<redisReply *>(redisCommand(c, "EVAL %s 2 %s %s %ld %s", REPLAY_LUA, cfg.stream.c_str(),
-                                                     cfg.dead_letters.c_str(), count, now.c_str()));
+    // In batches: one script blocks Redis (and every send) while it runs.
+    long long put_back = 0, looked_at = 0;
     int rc = 0;
-    if (r == nullptr || r->type != REDIS_REPLY_INTEGER) {
-        std::fprintf(stderr, "deliveryd: replay failed: %s\n", r && r->str ? r->str : c->errstr);
-        rc = 1;
-    } else {
-        std::printf("deliveryd: %lld dead letters put back on %s\n", r->integer, cfg.stream.c_str());
+    while (looked_at < count) {
+        long batch = static_cast<long>(std::min<long long>(1000, count - looked_at));
+        auto *r = static_cast<redisReply *>(redisCommand(c, "EVAL %s 2 %s %s %ld %s", mailapi::contract::REPLAY_LUA,
+                                                         cfg.stream.c_str(), cfg.dead_letters.c_str(), batch,
+                                                         now.c_str()));
+        bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                  r->element[0]->type == REDIS_REPLY_INTEGER && r->element[1]->type == REDIS_REPLY_INTEGER;
+        if (!ok) {
+            std::fprintf(stderr, "deliveryd: replay failed: %s\n", r && r->str ? r->str : c->errstr);
+            rc = 1;
+        } else {
+            put_back += r->element[0]->integer;
+            looked_at += r->element[1]->integer;
+        }
+        long long seen = ok ? r->element[1]->integer : 0;
+        if (r) freeReplyObject(r);
+        if (!ok || seen == 0) break;
+        if (looked_at % 10000 == 0) std::printf("deliveryd: %lld dead letters put back so far\n", put_back);
     }
-    if (r) freeReplyObject(r);
+    if (rc == 0) std::printf("deliveryd: %lld dead letters put back on %s\n", put_back, cfg.stream.c_str());
     redisFree(c);
     return rc;
+}
+
+// What to publish in DNS for a sending domain's DKIM keys.
+int print_dkim_records(const Config &cfg, const std::string &domain) {
+    std::string ascii;
+    std::string records = cfg.dkim && mailapi::domain_to_ascii(domain, ascii) ? cfg.dkim->dns_records(ascii) : "";
+    if (records.empty()) {
+        std::fprintf(stderr, "deliveryd: no dkim line for %s in the configuration: add "
+                             "\"dkim %s SELECTOR key_file=PATH\" (openssl genpkey -algorithm ed25519 -out PATH)\n",
+                     domain.c_str(), domain.c_str());
+        return 1;
+    }
+    std::fputs(records.c_str(), stdout);
+    return 0;
+}
+
+// The same keys under the same ids (a rotation that adds one key and retires
+// the oldest leaves the keyring as long as it was).
+bool same_keys(const mailapi::Keyring &a, const mailapi::Keyring &b) {
+    if (a.index_key != b.index_key || a.data_keys.size() != b.data_keys.size()) return false;
+    for (size_t i = 0; i < a.data_keys.size(); i++) {
+        if (a.data_keys[i].id != b.data_keys[i].id || a.data_keys[i].key != b.data_keys[i].key) return false;
+    }
+    return true;
 }
 
 // Credentials that would cross the network in clear: a warning, not an
@@ -115,7 +139,10 @@ struct Daemon {
     std::shared_ptr<const ProviderSet> providers;
     Metrics metrics;
     Queue *queue = nullptr;
-    Delivery delivery{loop, cfg, keyring, store, queue, providers, metrics};
+    Delivery delivery{loop, cfg, keyring, store, providers, metrics};
+    EventsIn events{loop, cfg, keyring, store};
+    Webhooks webhooks{loop, cfg, keyring};
+    Sweeper sweeper{cfg};  // retention
     Admin admin{loop, [this](const std::string &path, int &status, std::string &type) {
                     return serve(path, status, type);
                 }};
@@ -132,9 +159,22 @@ struct Daemon {
             [this](std::vector<QueueEntry> &&entries, bool claimed) {
                 for (QueueEntry &e : entries) delivery.handle(std::move(e), claimed);
             },
-            [this] { return cfg.max_in_flight - delivery.in_flight(); });
+            [this] {
+                if (delivery.bytes_in_flight() >= cfg.max_in_flight_bytes) return 0;
+                return cfg.max_in_flight - delivery.in_flight();
+            },
+            [this] { return delivery.working(); });
         queue = queue_owner.get();
+        delivery.set_queue(queue);
         delivery.on_idle = [this] { queue->read_more(); };
+        delivery.refresh_keyring = [this] { return refresh_keyring(); };
+        auto to_webhooks = [this](const std::string &tenant, const std::string &id,
+                                  const std::vector<mailapi::records::Event> &evs,
+                                  const std::vector<std::string> &rcpts, std::function<void(bool)> done) {
+            webhooks.fanout(tenant, id, evs, rcpts, std::move(done));
+        };
+        delivery.on_recorded = to_webhooks;
+        events.on_recorded = to_webhooks;
         ev_signal_init(&sigterm, on_stop, SIGTERM);
         ev_signal_init(&sigint, on_stop, SIGINT);
         ev_signal_init(&sighup, on_reload, SIGHUP);
@@ -149,6 +189,24 @@ struct Daemon {
         ev_timer_start(loop, &sampler);
     }
 
+    // The keyring file again, at most every 5 s: a key rotation reaches nginx
+    // first, and a message sealed with the new key waits for it here.
+    ev_tstamp keyring_read_at = 0;
+    bool refresh_keyring() {
+        if (ev_now(loop) - keyring_read_at < 5) return false;
+        keyring_read_at = ev_now(loop);
+        mailapi::Keyring ring;
+        std::string err;
+        if (!mailapi::keyring_load(cfg.keyring, ring, err)) {
+            log_error("cannot read the keyring again", {{"error", err}});
+            return false;
+        }
+        if (same_keys(ring, keyring)) return false;
+        keyring = std::move(ring);
+        log_info("keyring read again", {{"data_keys", std::to_string(keyring.data_keys.size())}});
+        return true;
+    }
+
     static void on_sample(struct ev_loop *, ev_timer *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         d->queue->sample(d->metrics);
@@ -157,6 +215,8 @@ struct Daemon {
     std::string serve(const std::string &path, int &status, std::string &type) {
         if (path == "/metrics") {
             metrics.in_flight = delivery.in_flight();
+            sweeper.counts(metrics);
+            metrics.in_flight_bytes = delivery.bytes_in_flight();
             metrics.breaker.clear();
             for (const auto &p : providers->providers()) {
                 metrics.breaker[p.first] = static_cast<int>(p.second.provider->state());
@@ -185,13 +245,16 @@ struct Daemon {
         notify_systemd("STOPPING=1");
         d->stopping_since = ev_now(loop);
         d->queue->stop_reading();
+        d->events.stop();
+        d->webhooks.stop();
         ev_timer_start(loop, &d->drain);
     }
 
     static void on_drain(struct ev_loop *loop, ev_timer *w, int) noexcept {
         auto *d = static_cast<Daemon *>(w->data);
         bool timed_out = ev_now(loop) - d->stopping_since > d->cfg.shutdown_grace;
-        if (d->delivery.in_flight() == 0 || timed_out) {
+        if ((d->delivery.in_flight() == 0 && d->events.in_flight() == 0 && d->webhooks.in_flight() == 0) ||
+            timed_out) {
             if (timed_out) {
                 log_warn("grace period over; unfinished messages stay queued for the next consumer",
                          {{"in_flight", std::to_string(d->delivery.in_flight())}});
@@ -217,7 +280,8 @@ struct Daemon {
             return;
         }
         next.consumer = d->cfg.consumer;
-        auto set = std::make_shared<const ProviderSet>(d->loop, next, d->multi, d->providers.get(), err);
+        // built from `next`, holding on to d->cfg, which becomes `next` below
+        auto set = std::make_shared<const ProviderSet>(d->loop, next, d->cfg, d->multi, d->providers.get(), err);
         if (!err.empty()) {
             log_error("reload failed, keeping the running configuration", {{"error", err}});
             return;
@@ -239,6 +303,7 @@ int main(int argc, char **argv) {
     std::string config_path;
     bool check = false, replay = false;
     long replay_count = 1000000;
+    std::string dkim_domain;
     for (int i = 1; i < argc; i++) {
         if (!std::strcmp(argv[i], "-c") || !std::strcmp(argv[i], "--config")) {
             if (++i >= argc) return usage(2);
@@ -249,6 +314,9 @@ int main(int argc, char **argv) {
             replay = true;
             if (i + 1 < argc && argv[i + 1][0] != '-') replay_count = std::strtol(argv[++i], nullptr, 10);
             if (replay_count <= 0) return usage(2);
+        } else if (!std::strcmp(argv[i], "--dkim-record")) {
+            if (++i >= argc) return usage(2);
+            dkim_domain = argv[i];
         } else if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
             return usage(0);
         } else {
@@ -258,12 +326,18 @@ int main(int argc, char **argv) {
     Config cfg;
     mailapi::Keyring keyring;
     std::string err;
-    if (!config_load(config_path, cfg, err) || !mailapi::keyring_load(cfg.keyring, keyring, err)) {
+    if (!config_load(config_path, cfg, err)) {
+        std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
+        return 1;
+    }
+    if (!dkim_domain.empty()) return print_dkim_records(cfg, dkim_domain);
+    if (!mailapi::keyring_load(cfg.keyring, keyring, err)) {
         std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
         return 1;
     }
     if (check) {
         std::printf("deliveryd: configuration ok (keyring: %zu data keys)\n", keyring.data_keys.size());
+        for (const auto &kv : config_settings(cfg)) std::printf("  %s %s\n", kv.first.c_str(), kv.second.c_str());
         for (const ProviderSpec &p : cfg.provider_specs) {
             std::printf("  provider %s: %s %s\n", p.name.c_str(), p.type.c_str(), p.get("url").c_str());
         }
@@ -282,12 +356,15 @@ int main(int argc, char **argv) {
     if (replay) return replay_dead(cfg, replay_count);
 
     signal(SIGPIPE, SIG_IGN);
+    // Blocks of 1 MiB and more come from mmap and go back on free: a large
+    // message's buffers do not stay in an arena once it is sent.
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     mongoc_init();
     struct ev_loop *loop = ev_default_loop(0);
     {
         Daemon daemon(loop, cfg, keyring, config_path);
-        daemon.providers = std::make_shared<const ProviderSet>(loop, cfg, daemon.multi, nullptr, err);
+        daemon.providers = std::make_shared<const ProviderSet>(loop, cfg, cfg, daemon.multi, nullptr, err);
         daemon.delivery.set_providers(daemon.providers);
         if (!err.empty() || (cfg.admin_listen != "off" && !daemon.admin.listen(cfg.admin_listen, err))) {
             std::fprintf(stderr, "deliveryd: %s\n", err.c_str());
@@ -295,14 +372,15 @@ int main(int argc, char **argv) {
         }
         warn_cleartext(cfg);
         daemon.queue->start();
+        daemon.events.start();
+        daemon.webhooks.start();
         log_info("started", {{"consumer", cfg.consumer}, {"stream", cfg.stream},
                              {"max_in_flight", std::to_string(cfg.max_in_flight)}});
         notify_systemd("READY=1");
         ev_run(loop, 0);
         log_info("stopped", {{"consumer", cfg.consumer}});
     }
-    mongoc_cleanup();
-    // No curl_global_cleanup(): after a grace timeout an SMTP thread may still
-    // be inside a transfer (its message stays queued for another instance).
+    if (!Store::abandoned() && !Sweeper::abandoned()) mongoc_cleanup();
+    curl_global_cleanup();  // every transfer ran on the loop, which is done
     return 0;
 }

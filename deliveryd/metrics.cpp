@@ -34,6 +34,9 @@ std::string Metrics::render() const {
     add("deliveryd_send_seconds_count %llu\n", static_cast<unsigned long long>(latency_count));
     out += "# HELP deliveryd_in_flight Messages being worked on.\n# TYPE deliveryd_in_flight gauge\n";
     add("deliveryd_in_flight %d\n", in_flight);
+    out += "# HELP deliveryd_in_flight_bytes Memory the messages being worked on are counted for "
+           "(max_in_flight_bytes bounds it).\n# TYPE deliveryd_in_flight_bytes gauge\n";
+    add("deliveryd_in_flight_bytes %zu\n", in_flight_bytes);
     out += "# HELP deliveryd_breaker_state Circuit breaker: 0 closed, 1 open, 2 half-open.\n"
            "# TYPE deliveryd_breaker_state gauge\n";
     for (const auto &kv : breaker) add("deliveryd_breaker_state{provider=\"%s\"} %d\n", kv.first.c_str(), kv.second);
@@ -51,5 +54,17 @@ std::string Metrics::render() const {
     out += "# HELP deliveryd_oldest_message_age_seconds Age of the oldest unacknowledged entry.\n"
            "# TYPE deliveryd_oldest_message_age_seconds gauge\n";
     add("deliveryd_oldest_message_age_seconds %.3f\n", oldest_age_seconds);
+    out += "# HELP deliveryd_retention_sweeps_total Retention sweeps this instance ran (holding the lock).\n"
+           "# TYPE deliveryd_retention_sweeps_total counter\n";
+    add("deliveryd_retention_sweeps_total %llu\n", static_cast<unsigned long long>(retention_sweeps));
+    out += "# HELP deliveryd_retention_messages_total Messages whose records this instance's sweeps deleted.\n"
+           "# TYPE deliveryd_retention_messages_total counter\n";
+    add("deliveryd_retention_messages_total %llu\n", static_cast<unsigned long long>(retention_messages));
+    out += "# HELP deliveryd_retention_documents_total Store documents those sweeps deleted.\n"
+           "# TYPE deliveryd_retention_documents_total counter\n";
+    add("deliveryd_retention_documents_total %llu\n", static_cast<unsigned long long>(retention_documents));
+    out += "# HELP deliveryd_retention_failures_total Sweeps cut short by Redis or the store.\n"
+           "# TYPE deliveryd_retention_failures_total counter\n";
+    add("deliveryd_retention_failures_total %llu\n", static_cast<unsigned long long>(retention_failures));
     return out;
 }

@@ -18,7 +18,10 @@ struct Metrics {
     double oldest_age_seconds = 0;
     // filled in when rendering
     int in_flight = 0;
+    size_t in_flight_bytes = 0;
     std::map<std::string, int> breaker;  // provider -> 0 closed, 1 open, 2 half-open
+    // retention (the sweeper's own counts, copied in when rendering)
+    uint64_t retention_sweeps = 0, retention_messages = 0, retention_documents = 0, retention_failures = 0;
 
     void count(const std::string &provider, const std::string &outcome) { sends[{provider, outcome}]++; }
     void observe(double seconds);

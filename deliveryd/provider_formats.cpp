@@ -8,14 +8,13 @@
 #include <memory>
 
 #include "base64.h"
+#include "idna.h"
+#include "json.h"
 #include "mime.h"
 
 namespace {
 
-struct JsonFree {
-    void operator()(json_t *j) const { json_decref(j); }
-};
-using Json = std::unique_ptr<json_t, JsonFree>;
+using mailapi::Json;
 
 std::string dump(json_t *root) {
     char *s = json_dumps(root, JSON_COMPACT);
@@ -78,13 +77,6 @@ bool ses_tag_text(const std::string &s) {
     return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '_' || c == '-'; });
 }
 
-bool local_char(unsigned char c) {
-    return std::isalnum(c) || c >= 0x80 || std::string_view("!#$%&'*+/=?^_`{|}~.-").find(static_cast<char>(c)) !=
-                                               std::string_view::npos;
-}
-
-bool domain_char(unsigned char c) { return std::isalnum(c) || c >= 0x80 || c == '-' || c == '.'; }
-
 SendOutcome transport_failure(int curl_code) {
     return {SendResult::transient, 0, curl_easy_strerror(static_cast<CURLcode>(curl_code)), true};
 }
@@ -108,36 +100,6 @@ json_t *name_value(const std::string &name, const std::string &value) {
 
 }  // namespace
 
-std::string safe_reason(std::string_view text) {
-    const size_t max = 200;
-    std::string s(text.substr(0, 4 * max));
-    for (char &c : s) {
-        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-    }
-    // Every run of address characters holding an '@' (x@y, x@@y, @y, x@)
-    // becomes <address>: scrubbing a little too much beats leaking. Quotes
-    // and full stops around it are left as punctuation.
-    auto in_run = [](unsigned char c) { return local_char(c) || domain_char(c) || c == '@'; };
-    for (size_t at = s.find('@'); at != std::string::npos; at = s.find('@', at)) {
-        size_t start = at, end = at + 1;
-        while (start > 0 && in_run(static_cast<unsigned char>(s[start - 1]))) start--;
-        while (end < s.size() && in_run(static_cast<unsigned char>(s[end]))) end++;
-        auto punctuation = [](char c) { return c == '\'' || c == '`' || c == '.'; };
-        while (start < at && punctuation(s[start])) start++;
-        while (end > at + 1 && punctuation(s[end - 1])) end--;
-        if (end - start == 1) {  // a lone '@'
-            at++;
-            continue;
-        }
-        s.replace(start, end - start, "<address>");
-        at = start + 9;
-    }
-    if (s.size() <= max) return s;
-    size_t cut = max;
-    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) cut--;
-    return s.substr(0, cut) + "...";
-}
-
 SendOutcome http_outcome(int curl_code, long status) {
     if (curl_code != CURLE_OK) return transport_failure(curl_code);
     if (status >= 200 && status < 300) return outcome(SendResult::sent, status, "", false);
@@ -155,7 +117,9 @@ namespace {
 
 json_t *sendgrid_address(const mailapi::Address &a) {
     json_t *o = json_object();
-    json_object_set_new(o, "email", str(a.email));
+    std::string email;
+    if (!mailapi::address_to_ascii_domain(a.email, email)) email = a.email;  // validated: does not happen
+    json_object_set_new(o, "email", str(email));
     if (!a.name.empty()) json_object_set_new(o, "name", str(a.name));
     return o;
 }

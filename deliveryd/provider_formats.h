@@ -20,13 +20,11 @@
 #include <vector>
 
 #include "message.h"
+#include "reason.h"
 #include "provider.h"
 #include "sigv4.h"
 
-// The reason text for a provider's error message: e-mail addresses become
-// "<address>", control characters spaces, at most ~200 bytes (cut on a UTF-8
-// boundary, "..." added).
-std::string safe_reason(std::string_view text);
+using mailapi::safe_reason;  // common/reason.h
 
 // By HTTP status alone: 2xx sent; 429, 5xx and our credentials refused (401,
 // 403) transient provider faults; any other 4xx permanent. A curl error is a

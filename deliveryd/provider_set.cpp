@@ -11,8 +11,8 @@
 namespace {
 
 std::unique_ptr<Provider> make_provider(struct ev_loop *loop, const ProviderSpec &spec, const Config &cfg,
-                                        CurlMulti &multi, int concurrency, std::string &err) {
-    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop, concurrency);
+                                        CurlMulti &multi, std::string &err) {
+    if (spec.type == "smtp") return std::make_unique<SmtpProvider>(spec, cfg, loop);
     if (spec.type == "sendgrid") return std::make_unique<SendgridProvider>(spec, cfg, multi);
     if (spec.type == "mailgun") return std::make_unique<MailgunProvider>(spec, cfg, multi);
     if (spec.type == "postmark") return std::make_unique<PostmarkProvider>(spec, cfg, multi);
@@ -40,8 +40,8 @@ std::vector<size_t> weighted_order(const std::vector<int> &weights, std::mt19937
     return out;
 }
 
-ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &multi, const ProviderSet *previous,
-                         std::string &err)
+ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, const Config &live, CurlMulti &multi,
+                         const ProviderSet *previous, std::string &err)
     : routes_(cfg.routes) {
     BreakerSettings b{cfg.breaker_window, cfg.breaker_min_requests, cfg.breaker_threshold / 100.0,
                       static_cast<double>(cfg.breaker_cooldown)};
@@ -58,13 +58,22 @@ ProviderSet::ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &mul
         // transfer (and its buffers) of their own.
         int concurrency = option_int(spec, "concurrency");
         concurrency = concurrency > 0 ? std::min(concurrency, cfg.connections_per_host) : cfg.connections_per_host;
-        std::unique_ptr<Provider> p = make_provider(loop, spec, cfg, multi, concurrency, err);
+        std::unique_ptr<Provider> p = make_provider(loop, spec, live, multi, err);
         if (!p) return;
         int rate = option_int(spec, "rate"), burst = option_int(spec, "burst");
         p = std::make_unique<Throttle>(loop, std::move(p), rate, burst > 0 ? burst : std::max(1, rate), concurrency,
-                                       cfg);
+                                       live);
         providers_[spec.name] = Entry{spec, b, std::make_shared<Breaker>(loop, std::move(p), b)};
     }
+}
+
+ProviderSet::ProviderSet(const std::vector<std::pair<std::string, std::shared_ptr<Breaker>>> &in_order) {
+    Route route;
+    for (const auto &p : in_order) {
+        providers_[p.first] = Entry{ProviderSpec{p.first, "test", {}}, BreakerSettings{}, p.second};
+        route.push_back(RouteStep{{p.first}, {1}});
+    }
+    routes_["*"] = route;
 }
 
 std::vector<Provider *> ProviderSet::plan(const std::string &tenant, std::mt19937_64 &rng) const {

@@ -16,10 +16,15 @@
 
 class ProviderSet {
 public:
-    // `previous` may be null. On error (a provider that cannot be built),
-    // `err` is set and the set must not be used.
-    ProviderSet(struct ev_loop *loop, const Config &cfg, CurlMulti &multi, const ProviderSet *previous,
-                std::string &err);
+    // The providers and routes of `cfg`. The providers keep a reference to
+    // `live`, the configuration the daemon runs with (SIGHUP assigns the new
+    // one to it in place), never to `cfg`, which may be a reload's local
+    // copy. `previous` may be null. On error (a provider that cannot be
+    // built), `err` is set and the set must not be used.
+    ProviderSet(struct ev_loop *loop, const Config &cfg, const Config &live, CurlMulti &multi,
+                const ProviderSet *previous, std::string &err);
+    // Given providers, tried in this order for every tenant (unit tests).
+    explicit ProviderSet(const std::vector<std::pair<std::string, std::shared_ptr<Breaker>>> &in_order);
 
     // The providers to try for one of `tenant`'s messages, in order: each
     // step of its route (or "*") with its members in weighted random order.

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "log.h"
+#include "redis_address.h"
 
 RedisAsync::RedisAsync(struct ev_loop *loop, std::string name, std::string address, double reply_timeout)
     : loop_(loop), name_(std::move(name)), address_(std::move(address)), reply_timeout_(reply_timeout) {
@@ -32,19 +33,15 @@ void RedisAsync::start() {
 }
 
 void RedisAsync::connect() {
-    redisAsyncContext *ac;
-    if (address_.rfind("unix:", 0) == 0) {
-        ac = redisAsyncConnectUnix(address_.c_str() + 5);
-    } else {
-        std::string host = address_;
-        int port = 6379;
-        size_t colon = host.rfind(':');
-        if (colon != std::string::npos) {
-            port = std::atoi(host.c_str() + colon + 1);
-            host.resize(colon);
-        }
-        ac = redisAsyncConnect(host.c_str(), port);
+    mailapi::RedisAddress addr;
+    std::string err;
+    if (!mailapi::redis_address_parse(address_, addr, err)) {
+        log_error("redis address is not valid", {{"conn", name_}, {"error", err}});
+        gone();
+        return;
     }
+    redisAsyncContext *ac =
+        addr.port ? redisAsyncConnect(addr.host.c_str(), addr.port) : redisAsyncConnectUnix(addr.host.c_str());
     if (ac == nullptr || ac->err) {
         log_error("redis connect failed", {{"conn", name_}, {"error", ac ? ac->errstr : "out of memory"}});
         if (ac) redisAsyncFree(ac);

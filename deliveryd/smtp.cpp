@@ -1,165 +1,283 @@
 #include "smtp.h"
 
-#include <ctime>
-#include <memory>
-#include <new>
+#include <openssl/err.h>
 
-#include "base64.h"
+#include <algorithm>
+#include <ctime>
+
+#include "idna.h"
 #include "mime.h"
+#include "provider_formats.h"
 
 namespace {
 
-struct SlistFree {
-    void operator()(curl_slist *l) const { curl_slist_free_all(l); }
-};
-using Slist = std::unique_ptr<curl_slist, SlistFree>;
+constexpr double IDLE_CLOSE = 30;  // seconds a connection may wait for a next message (relays drop at 300)
 
-struct MimeFree {
-    void operator()(curl_mime *m) const { curl_mime_free(m); }
-};
-using Mime = std::unique_ptr<curl_mime, MimeFree>;
-
-void append(Slist &list, const std::string &line) {
-    curl_slist *l = curl_slist_append(list.get(), line.c_str());
-    if (l == nullptr) throw std::bad_alloc();
-    list.release();
-    list.reset(l);
-}
-
-std::string address_list(const std::vector<mailapi::Address> &list) {
+// An address for the envelope: the domain as A-labels (the local part as it is).
+std::string envelope_address(const std::string &email) {
     std::string out;
-    for (const mailapi::Address &a : list) {
-        if (!out.empty()) out += ",\r\n ";
-        out += mailapi::mime_address(a);
-    }
-    return out;
+    return mailapi::address_to_ascii_domain(email, out) ? out : email;
 }
 
-void add_body_part(curl_mime *mime, const std::string &body, const char *type) {
-    curl_mimepart *part = curl_mime_addpart(mime);
-    curl_mime_data(part, body.data(), body.size());
-    curl_mime_type(part, type);
-    curl_mime_encoder(part, "quoted-printable");
-}
+bool refuses_us(int code) { return code == 530 || code == 534 || code == 535 || code == 538; }
 
-// What one transfer points into, alive until it ends.
-struct SmtpSend {
-    Slist rcpt, headers, inline_disposition;
-    Mime mime;
-    std::string from;
-};
-
-int abort_when_stopping(void *stopping, curl_off_t, curl_off_t, curl_off_t, curl_off_t) noexcept {
-    return static_cast<const std::atomic<bool> *>(stopping)->load() ? 1 : 0;
-}
-
-SendOutcome classify(CURLcode rc, CURL *easy) {
+SendOutcome whole(SendResult result, const SmtpReply &reply, bool fault) {
     SendOutcome out;
-    long code = 0;
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
-    out.code = static_cast<int>(code);
-    // 530 (STARTTLS or AUTH required), 534, 535 (credentials), 538: the relay
-    // refuses us, not the message
-    bool refuses_us = code == 530 || code == 534 || code == 535 || code == 538 || rc == CURLE_LOGIN_DENIED ||
-                      rc == CURLE_USE_SSL_FAILED;
-    if (rc == CURLE_OK) {
-        out.result = SendResult::sent;
-    } else if (code >= 500 && code < 600 && !refuses_us) {
-        out.result = SendResult::permanent;  // the server refused this message for good
-        out.reason = curl_easy_strerror(rc);
-    } else {
-        out.result = SendResult::transient;  // 4xx, network, timeouts, our own credentials
-        out.reason = curl_easy_strerror(rc);
-        // no reply, 421 (service unavailable) or our login refused: the server's
-        // trouble; other 4xx (greylisting, a full mailbox) are the recipient's
-        out.provider_fault = code == 0 || code == 421 || refuses_us;
-    }
+    out.result = result;
+    out.code = reply.code;
+    if (result != SendResult::sent) out.reason = smtp_reason(reply);
+    out.provider_fault = fault;
     return out;
+}
+
+// The relay refusing a command of ours that is not about one recipient
+// (greeting, EHLO, AUTH, MAIL FROM): our credentials, its policy, the sender.
+SendOutcome refusal(const SmtpReply &r) {
+    if (r.code == 0 || r.code == 421 || refuses_us(r.code)) return whole(SendResult::transient, r, true);
+    if (r.code / 100 == 5 && r.enhanced.rfind("5.7.", 0) == 0) {
+        SendOutcome out = whole(SendResult::transient, r, false);
+        out.policy = true;  // another route may take it; waiting will not
+        return out;
+    }
+    if (r.code / 100 == 5) return whole(SendResult::permanent, r, false);
+    return whole(SendResult::transient, r, false);  // 4xx: later
+}
+
+SendResult result_of(const SmtpReply &r) {
+    return r.code / 100 == 2 ? SendResult::sent : r.code / 100 == 5 ? SendResult::permanent : SendResult::transient;
+}
+
+// A recipient's own reply. 552 to RCPT is RFC 821's "too many recipients"
+// (RFC 5321 4.5.3.1.10: 452 now, and a client SHOULD take 552 there for
+// temporary, as Postfix does), so is X.5.3: the recipient goes in another
+// transaction, it has not failed.
+SendResult rcpt_result(const SmtpReply &r) {
+    if (r.code == 552 || r.enhanced == "5.5.3") return SendResult::transient;
+    return result_of(r);
+}
+
+// A transaction's replies as one outcome, or one per recipient when they
+// differ.
+SendOutcome outcome_of(const SmtpResult &res, const std::vector<size_t> &indices) {
+    if (res.mail.code / 100 != 2) return refusal(res.mail);
+    std::vector<SendOutcome::Recipient> each;
+    bool all_policy = true;
+    for (size_t i = 0; i < res.rcpts.size(); i++) {
+        bool taken = res.rcpts[i].code / 100 == 2;
+        const SmtpReply &r = taken ? res.data : res.rcpts[i];
+        each.push_back({indices[i], taken ? result_of(r) : rcpt_result(r), r.code, r.code / 100 == 2 ? "" : smtp_reason(r)});
+        all_policy &= r.code / 100 == 5 && r.enhanced.rfind("5.7.", 0) == 0;
+    }
+    bool same = std::all_of(each.begin(), each.end(), [&](const SendOutcome::Recipient &x) {
+        return x.result == each[0].result && x.code == each[0].code;
+    });
+    const SmtpReply &first = res.rcpts[0].code / 100 == 2 ? res.data : res.rcpts[0];
+    if (all_policy) {
+        SendOutcome out = whole(SendResult::transient, first, false);
+        out.policy = true;
+        return out;
+    }
+    bool fault = res.data.code == 421 ||
+                 std::any_of(res.rcpts.begin(), res.rcpts.end(), [](const SmtpReply &r) { return r.code == 421; });
+    if (same || each.size() == 1) return whole(each[0].result, first, fault);
+    SendOutcome out;
+    auto any = [&](SendResult r) {
+        return std::any_of(each.begin(), each.end(), [r](const SendOutcome::Recipient &x) { return x.result == r; });
+    };
+    out.result = any(SendResult::sent) ? SendResult::sent : any(SendResult::transient) ? SendResult::transient
+                                                                                        : SendResult::permanent;
+    for (const auto &x : each) {
+        if (x.result == out.result) {
+            out.code = x.code;
+            out.reason = x.reason;
+            break;
+        }
+    }
+    out.provider_fault = fault;
+    out.recipients = std::move(each);
+    return out;
+}
+
+SSL_CTX *make_tls(const std::string &cacert, std::string &error) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == nullptr) {
+        error = "cannot make a TLS context";
+        return nullptr;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    bool ok = cacert.empty() ? SSL_CTX_set_default_verify_paths(ctx) == 1
+                             : SSL_CTX_load_verify_locations(ctx, cacert.c_str(), nullptr) == 1;
+    if (!ok) {
+        error = "cannot read the CA certificates" + (cacert.empty() ? std::string() : " in " + cacert);
+        ERR_clear_error();
+    }
+    return ctx;
 }
 
 }  // namespace
 
-SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop, int threads)
-    : name_(spec.name), url_(spec.get("url")), username_(spec.get("username")), password_(spec.get("password")),
-      starttls_(spec.get("starttls") == "yes"), cacert_(spec.get("cacert")), cfg_(cfg), pool_(loop, threads) {}
-
-void SmtpProvider::send(const std::string &message_id, const std::string &, const mailapi::Message &msg,
-                        std::function<void(SendOutcome)> done) {
-    // copied here: cfg_ may be replaced on the loop thread by a reload
-    std::string message_id_header = "Message-ID: <" + message_id + "@" + cfg_.message_id_domain + ">";
-    long timeout_ms = static_cast<long>(cfg_.send_timeout) * 1000;
-    // msg lives in the delivery job until done runs, and nobody changes it
-    pool_.run([this, message_id_header, timeout_ms, &msg](CURL *c, const std::atomic<bool> &stopping) {
-        try {
-            return perform(c, stopping, message_id_header, timeout_ms, msg);
-        } catch (const std::exception &e) {  // e.g. bad_alloc: this message, later
-            return SendOutcome{SendResult::transient, 0, e.what()};
-        }
-    }, std::move(done));
+std::string smtp_reason(const SmtpReply &reply) {
+    std::string line = reply.line();
+    std::replace(line.begin(), line.end(), '\n', ' ');
+    return safe_reason(line);
 }
 
-SendOutcome SmtpProvider::perform(CURL *c, const std::atomic<bool> &stopping, const std::string &message_id_header,
-                                  long timeout_ms, const mailapi::Message &msg) const {
-    SmtpSend job;
-    for (const auto *list : {&msg.to, &msg.cc, &msg.bcc}) {
-        for (const mailapi::Address &a : *list) append(job.rcpt, "<" + a.email + ">");
-    }
-    Slist &headers = job.headers;
-    append(headers, "Date: " + mailapi::rfc5322_date(std::time(nullptr)));
-    append(headers, message_id_header);
-    append(headers, "From: " + mailapi::mime_address(msg.from));
-    append(headers, "To: " + address_list(msg.to));
-    if (!msg.cc.empty()) append(headers, "Cc: " + address_list(msg.cc));
-    if (msg.has_reply_to) append(headers, "Reply-To: " + mailapi::mime_address(msg.reply_to));
-    append(headers, "Subject: " + mailapi::mime_header_text(msg.subject));
-    for (const auto &h : msg.headers) append(headers, h.first + ": " + mailapi::mime_header_text(h.second));
+struct SmtpProvider::Send {
+    const SendRequest *req;
+    std::function<void(SendOutcome)> done;
+    std::string message;  // composed and signed, before dot-stuffing
+    SmtpEnvelope env;
+    std::vector<size_t> indices;  // of env.rcpts, into the message's envelope recipients
+    ev_tstamp deadline = 0;
+    bool retried = false;         // a stale reused connection was replaced once
+    std::list<SendPtr>::iterator self;
+    // The connection it is on; its callbacks hold this Send, and each takes
+    // the connection back out first.
+    std::unique_ptr<SmtpConnection> conn;
+};
 
-    job.mime.reset(curl_mime_init(c));
-    curl_mime *mime = job.mime.get();
-    if (!msg.text.empty() && !msg.html.empty()) {
-        curl_mime *alt = curl_mime_init(c);
-        add_body_part(alt, msg.text, "text/plain; charset=utf-8");
-        add_body_part(alt, msg.html, "text/html; charset=utf-8");
-        curl_mimepart *part = curl_mime_addpart(mime);
-        curl_mime_subparts(part, alt);  // owned by part from here on
-        curl_mime_type(part, "multipart/alternative");
-        append(job.inline_disposition, "Content-Disposition: inline");
-        curl_mime_headers(part, job.inline_disposition.release(), 1);
-    } else if (!msg.text.empty()) {
-        add_body_part(mime, msg.text, "text/plain; charset=utf-8");
-    } else {
-        add_body_part(mime, msg.html, "text/html; charset=utf-8");
-    }
-    for (const mailapi::Attachment &a : msg.attachments) {
-        std::string data;
-        mailapi::base64_decode(a.content_base64, data);  // validated on accept
-        curl_mimepart *part = curl_mime_addpart(mime);
-        curl_mime_data(part, data.data(), data.size());
-        curl_mime_filename(part, a.filename.c_str());
-        curl_mime_type(part, a.content_type.c_str());
-        curl_mime_encoder(part, "base64");
-    }
+SmtpProvider::SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop)
+    : name_(spec.name), cfg_(cfg), loop_(loop), resolver_(loop) {
+    smtp_url_parse(spec.get("url"), settings_, settings_error_);  // checked when the config was read
+    settings_.starttls = spec.get("starttls") == "yes";
+    settings_.username = spec.get("username");
+    settings_.password = spec.get("password");
+    if (settings_.helo.empty()) settings_.helo = cfg.message_id_domain;
+    tls_ = make_tls(spec.get("cacert"), tls_error_);
+    ev_timer_init(&idle_timer_, idle_cb, 5, 5);
+    idle_timer_.data = this;
+    ev_timer_start(loop_, &idle_timer_);
+}
 
-    job.from = "<" + msg.from.email + ">";
-    curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_FROM, job.from.c_str());
-    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, job.rcpt.get());
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, job.headers.get());
-    curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, abort_when_stopping);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, &stopping);
-    if (!username_.empty()) {
-        curl_easy_setopt(c, CURLOPT_USERNAME, username_.c_str());
-        curl_easy_setopt(c, CURLOPT_PASSWORD, password_.c_str());
+SmtpProvider::~SmtpProvider() {
+    ev_timer_stop(loop_, &idle_timer_);
+    for (auto &c : idle_) c->quit();
+    idle_.clear();
+    for (SendPtr &s : active_) {
+        s->done = nullptr;
+        s->conn.reset();  // closed, its callback (and its hold on the Send) gone with it
     }
-    if (starttls_) curl_easy_setopt(c, CURLOPT_USE_SSL, static_cast<long>(CURLUSESSL_ALL));
-    if (!cacert_.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, cacert_.c_str());
-    CURLcode rc = curl_easy_perform(c);
-    SendOutcome out = classify(rc, c);
-    curl_easy_setopt(c, CURLOPT_MIMEPOST, nullptr);  // job.mime goes before the handle's next use
-    return out;
+    active_.clear();
+    if (tls_) SSL_CTX_free(tls_);
+}
+
+void SmtpProvider::idle_cb(struct ev_loop *loop, ev_timer *w, int) noexcept {
+    auto *self = static_cast<SmtpProvider *>(w->data);
+    for (auto it = self->idle_.begin(); it != self->idle_.end();) {
+        if (!(*it)->usable() || ev_now(loop) - (*it)->idle_since() > IDLE_CLOSE) {
+            (*it)->quit();
+            it = self->idle_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+double SmtpProvider::left(const SendPtr &s) const { return s->deadline - ev_now(loop_); }
+
+void SmtpProvider::send(const SendRequest &req, std::function<void(SendOutcome)> done) {
+    if (!settings_error_.empty() || !tls_error_.empty()) {
+        SendOutcome out;
+        out.reason = name_ + ": " + (settings_error_.empty() ? tls_error_ : settings_error_);
+        out.provider_fault = true;
+        done(out);
+        return;
+    }
+    const mailapi::Message &m = *req.msg;
+    auto s = std::make_shared<Send>();
+    s->req = &req;
+    s->done = std::move(done);
+    s->deadline = ev_now(loop_) + cfg_.send_timeout;
+    s->env.smtputf8 = mailapi::message_needs_smtputf8(m);
+    s->env.from = envelope_address(m.from.email);
+    std::vector<std::string> rcpts = mailapi::message_envelope_recipients(m);
+    for (size_t i = 0; i < rcpts.size(); i++) {
+        if (!req.all() && !std::binary_search(req.rcpts.begin(), req.rcpts.end(), i)) continue;
+        s->env.rcpts.push_back(envelope_address(rcpts[i]));
+        s->indices.push_back(i);
+    }
+    mailapi::ComposeOptions o;
+    o.message_id = "<" + req.id + "@" + cfg_.message_id_domain + ">";
+    o.date = std::time(nullptr);
+    o.utf8 = s->env.smtputf8;
+    o.boundary_seed = req.id;
+    s->message = mailapi::mime_compose(m, o);
+    if (std::shared_ptr<const DkimSigner> dkim = cfg_.dkim) {
+        size_t at = m.from.email.rfind('@');
+        std::string domain;
+        if (mailapi::domain_to_ascii(m.from.email.substr(at + 1), domain)) {
+            s->message.insert(0, dkim->sign(s->message, domain, o.date));
+        }
+    }
+    active_.push_front(s);
+    s->self = active_.begin();
+    connect(s);
+}
+
+void SmtpProvider::connect(SendPtr s) {
+    while (!idle_.empty()) {
+        std::unique_ptr<SmtpConnection> c = std::move(idle_.front());
+        idle_.pop_front();
+        if (c->usable()) {
+            transact(s, std::move(c), true);
+            return;
+        }
+    }
+    s->conn = std::make_unique<SmtpConnection>(loop_, settings_, tls_, resolver_);
+    s->conn->open(left(s), [this, s](bool ok, const SmtpReply &failure) {
+        std::unique_ptr<SmtpConnection> conn = std::move(s->conn);
+        if (!s->done) return;  // this provider is going away
+        if (!ok) {
+            SendOutcome out = refusal(failure);
+            if (failure.code / 100 == 5 && !out.policy) {  // a relay refusing us at the door is its trouble
+                out.result = SendResult::transient;
+                out.provider_fault = true;
+            }
+            finish(s, nullptr, out);
+            return;
+        }
+        transact(s, std::move(conn), false);
+    });
+}
+
+void SmtpProvider::transact(SendPtr s, std::unique_ptr<SmtpConnection> c, bool reused) {
+    const SmtpCapabilities &caps = c->capabilities();
+    if (s->env.smtputf8 && !caps.smtputf8) {
+        SendOutcome out;
+        out.reason = "the relay does not offer SMTPUTF8 (RFC 6531), which this message's addresses need";
+        out.unsupported = true;
+        finish(s, std::move(c), out);
+        return;
+    }
+    if (caps.size && s->message.size() > caps.size) {
+        SendOutcome out;
+        out.reason = "the message is larger than the relay takes (SIZE " + std::to_string(caps.size) + ")";
+        out.unsupported = true;
+        finish(s, std::move(c), out);
+        return;
+    }
+    s->conn = std::move(c);
+    s->conn->send(s->env, s->message, left(s), [this, s, reused](SmtpResult res) {
+        std::unique_ptr<SmtpConnection> conn = std::move(s->conn);
+        if (!s->done) return;
+        if (!res.reached && reused && !s->retried && left(s) > 0) {
+            // the relay had dropped this idle connection: nothing of the
+            // message reached it, so a new connection sends it once
+            s->retried = true;
+            connect(s);
+            return;
+        }
+        SendOutcome out = res.failure.code == 0 && !res.failure.text.empty()
+                              ? whole(SendResult::transient, res.failure, true)
+                              : outcome_of(res, s->indices);
+        finish(s, std::move(conn), out);
+    });
+}
+
+void SmtpProvider::finish(SendPtr s, std::unique_ptr<SmtpConnection> c, SendOutcome out) {
+    if (c && c->usable()) idle_.push_front(std::move(c));
+    active_.erase(s->self);
+    auto done = std::move(s->done);
+    s->done = nullptr;
+    done(out);
 }

@@ -1,33 +1,56 @@
-// SMTP delivery through libcurl: MIME built with curl_mime, on a pool of
-// threads (see blocking_pool.h for why), each reusing its connection.
+// SMTP delivery to a relay, on the event loop: the message composed by
+// common/mime (folded headers, CRLF bodies, 7-bit clean), DKIM-signed when
+// its sending domain has keys, and sent over SmtpConnection, which reuses its
+// connections and tells each recipient's outcome apart.
 #pragma once
-#include <curl/curl.h>
+#include <ev.h>
+#include <openssl/ssl.h>
 
-#include <atomic>
 #include <functional>
+#include <list>
+#include <memory>
 #include <string>
 
-#include "blocking_pool.h"
 #include "config.h"
+#include "dkim.h"
 #include "message.h"
 #include "provider.h"
+#include "resolver.h"
+#include "smtp_connection.h"
 
 class SmtpProvider : public Provider {
 public:
-    // One thread (and connection) per send at once: the provider's concurrency.
-    SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop, int threads);
+    // The running configuration's DKIM keys (cfg.dkim) sign the messages of
+    // their domains; a reload that changes them applies to the next message.
+    SmtpProvider(const ProviderSpec &spec, const Config &cfg, struct ev_loop *loop);
+    ~SmtpProvider() override;  // connections close; sends under way are not answered
 
     const std::string &name() const override { return name_; }
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
-    SendOutcome perform(CURL *easy, const std::atomic<bool> &stopping, const std::string &message_id_header,
-                        long timeout_ms, const mailapi::Message &msg) const;
+    struct Send;
+    using SendPtr = std::shared_ptr<Send>;
 
-    std::string name_, url_, username_, password_;
-    bool starttls_;
-    std::string cacert_;  // CA bundle for the relay's certificate; default: the system's
+    void connect(SendPtr s);
+    void transact(SendPtr s, std::unique_ptr<SmtpConnection> c, bool reused);
+    void finish(SendPtr s, std::unique_ptr<SmtpConnection> c, SendOutcome out);
+    double left(const SendPtr &s) const;
+    static void idle_cb(struct ev_loop *, ev_timer *w, int) noexcept;
+
+    std::string name_;
+    SmtpSettings settings_;
+    std::string settings_error_;
     const Config &cfg_;  // updated in place on SIGHUP
-    BlockingPool pool_;  // last: its threads stop before the rest goes
+    struct ev_loop *loop_;
+    SSL_CTX *tls_ = nullptr;
+    std::string tls_error_;
+    Resolver resolver_;
+    std::list<std::unique_ptr<SmtpConnection>> idle_;  // ready for the next message, newest first
+    std::list<SendPtr> active_;                        // under way: ended with this provider
+    ev_timer idle_timer_;
 };
+
+// The relay's reply as a reason: "550 5.1.1 ..." without addresses, on one
+// line, valid UTF-8.
+std::string smtp_reason(const SmtpReply &reply);

@@ -1,7 +1,8 @@
-// MongoDB records, written from threads of their own (libmongoc blocks) in
-// batches, each thread with its connection. A message's writes never overlap
-// (each waits for the previous one), so they stay in order. One document per message, keyed by message id: the encrypted
-// envelope, blind indexes of its recipients, status and event timeline.
+// The store's records (records.h, docs/storage.md), written from threads of
+// their own (libmongoc blocks) in batches, each thread with its connection.
+// Every write is an insert: a message's document with its first outcome,
+// then one document per later event, each with an id fixed by what happened,
+// so a write repeated after an error or a takeover changes nothing.
 #pragma once
 #include <ev.h>
 #include <mongoc/mongoc.h>
@@ -18,69 +19,83 @@
 #include <vector>
 
 #include "config.h"
+#include "records.h"
 
-struct RecordEvent {
-    std::string type;      // deferred, sent, failed, ...
-    int64_t at_ms = 0;
-    std::string provider;  // may be empty
-    int code = 0;          // provider's status code, 0 = none
-    std::string reason;    // short, never personal data
+// What one outcome writes: the message's document (first time; an existing
+// one turns the events into event documents) or event documents.
+struct RecordWrite {
+    mailapi::records::Message message;
+    std::vector<mailapi::records::Event> events;
+    bool with_message = false;
 };
 
-// An update of one message's record: created with the first update, events
-// appended by every one.
-struct RecordUpdate {
-    bool first = false;  // no record can exist yet: insert (cheap), upsert only on a duplicate
-    std::string id, tenant, envelope, status;
-    std::vector<std::string> rcpt;  // blind indexes
-    int64_t created_ms = 0;
-    std::vector<RecordEvent> events;
-};
-
-class Store {
+// What a delivery needs of the store (Store; a fake in t/unit/test_delivery.cpp).
+class RecordStore {
 public:
     using WriteDone = std::function<void(bool ok, const std::string &error)>;
-    using StatusDone = std::function<void(bool ok, const std::string &status)>;  // "" = no record
+    using LookupDone = std::function<void(bool ok, const mailapi::records::Stored &found)>;
 
+    virtual ~RecordStore() = default;
+    // `w` is read until `done` runs (not copied: it may hold a large envelope).
+    virtual void write(std::shared_ptr<const RecordWrite> w, WriteDone done) = 0;
+    // What the store has of a message, without its envelope (found.has_message
+    // false, no events: nothing). `tenant` empty: whosever it is (a provider's
+    // event names our message id, not its tenant).
+    virtual void lookup(const std::string &tenant, const std::string &id, LookupDone done) = 0;
+};
+
+class Store : public RecordStore {
+public:
     Store(struct ev_loop *loop, const Config &cfg);
-    ~Store();
+    ~Store() override;
     Store(const Store &) = delete;
     Store &operator=(const Store &) = delete;
 
-    void write(RecordUpdate rec, WriteDone done);
-    void status(const std::string &id, StatusDone done);
+    void write(std::shared_ptr<const RecordWrite> w, WriteDone done) override;
+    void lookup(const std::string &tenant, const std::string &id, LookupDone done) override;
     bool healthy() const { return healthy_; }  // the last batch went through
+    // A writer was still stuck on the store at shutdown (and left running):
+    // libmongoc must not be cleaned up under it.
+    static bool abandoned() { return abandoned_; }
 
 private:
     struct Op {
         bool is_write = true;
-        RecordUpdate rec;
+        std::shared_ptr<const RecordWrite> w;
+        std::string tenant, id;  // lookups
         WriteDone write_done;
-        StatusDone status_done;
+        LookupDone lookup_done;
         bool ok = false;
-        std::string result;  // error, or the status found
+        bool expired = false;  // past its retention (by the retention clock): nothing is written
+        std::string error;
+        mailapi::records::Stored found;
     };
 
     struct Writer {
         mongoc_client_t *client = nullptr;
-        mongoc_collection_t *coll = nullptr;
+        mongoc_collection_t *messages = nullptr;
         std::thread thread;
         void disconnect();
     };
 
     void run(Writer &w);
     bool connect(Writer &w, std::string &err);
+    bool prepare(mongoc_client_t *client, const std::string &database, std::string &err);
     void execute(Writer &w, std::vector<std::unique_ptr<Op>> &batch);
     static void async_cb(struct ev_loop *, ev_async *w, int) noexcept;
 
     struct ev_loop *loop_;
     const std::string uri_;
+    const int64_t clock_offset_ms_;  // retention_clock_offset
     ev_async async_;
     std::mutex mu_;
-    std::condition_variable cv_;
+    std::condition_variable cv_, exited_cv_;
+    size_t exited_ = 0;
+    static inline bool abandoned_ = false;
     std::deque<std::unique_ptr<Op>> todo_, done_;
     bool stop_ = false;
     std::atomic<bool> healthy_{true};
     std::mutex connect_mu_;
+    bool prepared_ = false;        // indexes made (once a process, under connect_mu_)
     std::vector<Writer> writers_;  // sized once: threads hold references
 };

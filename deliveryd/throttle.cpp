@@ -52,7 +52,12 @@ void Throttle::expire() {
     while (!waiting_.empty() && now - waiting_.front().since >= cfg_.send_timeout) {
         std::function<void(SendOutcome)> done = std::move(waiting_.front().done);
         waiting_.pop_front();
-        done({SendResult::transient, 0, "no free connection within send_timeout", true});
+        // never tried: not the provider's fault (a slow but healthy relay
+        // must not open its circuit), and not an attempt of the message
+        SendOutcome out;
+        out.reason = "no free connection within send_timeout";
+        out.skipped = true;
+        done(out);
     }
     drain();
 }
@@ -60,11 +65,10 @@ void Throttle::expire() {
 void Throttle::timer_cb(struct ev_loop *, ev_timer *w, int) noexcept { static_cast<Throttle *>(w->data)->drain(); }
 void Throttle::expire_cb(struct ev_loop *, ev_timer *w, int) noexcept { static_cast<Throttle *>(w->data)->expire(); }
 
-void Throttle::send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-                    std::function<void(SendOutcome)> done) {
-    // msg lives in the delivery job until done runs, so it may be referenced here
-    auto go = [this, message_id, tenant, &msg, done] {
-        inner_->send(message_id, tenant, msg, [this, done](SendOutcome out) {
+void Throttle::send(const SendRequest &req, std::function<void(SendOutcome)> done) {
+    // req lives in the delivery job until done runs, so it may be referenced here
+    auto go = [this, &req, done] {
+        inner_->send(req, [this, done](SendOutcome out) {
             active_--;
             done(out);
             drain();

@@ -21,8 +21,7 @@ public:
     ~Throttle() override;
 
     const std::string &name() const override { return inner_->name(); }
-    void send(const std::string &message_id, const std::string &tenant, const mailapi::Message &msg,
-              std::function<void(SendOutcome)> done) override;
+    void send(const SendRequest &req, std::function<void(SendOutcome)> done) override;
 
 private:
     struct Waiting {

@@ -1,81 +1,25 @@
-// POST /v1/messages: validate, seal, and enqueue through one Lua script that
-// also answers idempotency keys, rate limits and daily quotas, atomically and
-// in the one Redis round trip a send makes anyway.
+// POST /v1/messages: validate, seal, and enqueue in the loop turn's Redis
+// transaction: through one Lua script (contract::ENQUEUE_LUA) that also
+// answers idempotency keys, rate limits and daily quotas, atomically and in
+// the one round trip a send makes anyway; or, for a key with none of those
+// and a send without an Idempotency-Key, as the HSET and XADD it would make.
 #include "ngx_mail_api.h"
-
-#include <openssl/sha.h>
 
 #include <cmath>
 #include <cstdio>
 
 #include "base64.h"
+#include "contract.h"
+#include "ngx_mail_api_parse.h"
 #include "ossl.h"
 #include "token.h"
 
-// KEYS: stream, idempotency key ("" = none), rate key, quota key
-// ARGV: now_us, id, tenant, created_ms, send_at, envelope, fingerprint,
-//       idempotency_ttl_ms, interval_us (0 = no rate limit), burst,
-//       daily quota (0 = none), quota key ttl seconds
-// Returns {0, id, rate_remaining, quota_remaining} accepted, {1, id} the same
-// idempotency key and payload seen before, {2} the key with another payload,
-// {3, retry_after_us} rate limited, {4} daily quota used up.
-extern const char ngx_mail_api_enqueue_script[] = R"lua(
-local now = tonumber(ARGV[1])
-local idem = KEYS[2] ~= ''
-if idem then
-  local seen = redis.call('GET', KEYS[2])
-  if seen then
-    local fp, id = string.match(seen, '^(%S+) (%S+)$')
-    if fp == ARGV[7] then return {1, id} end
-    return {2}
-  end
-end
-local quota = tonumber(ARGV[11])
-local used = 0
-if quota > 0 then
-  used = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if used >= quota then return {4} end
-end
-local interval = tonumber(ARGV[9])
-local remaining = -1
-local new_tat = 0
-if interval > 0 then
-  local window = interval * tonumber(ARGV[10])
-  local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if tat < now then tat = now end
-  new_tat = tat + interval
-  if new_tat - now > window then return {3, math.ceil(new_tat - now - window)} end
-  remaining = math.floor((window - (new_tat - now)) / interval)
-end
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'tenant', ARGV[3], 'created', ARGV[4],
-           'send_at', ARGV[5], 'attempt', '0', 'env', ARGV[6])
-if interval > 0 then
-  redis.call('SET', KEYS[3], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-end
-local quota_left = -1
-if quota > 0 then
-  used = redis.call('INCR', KEYS[4])
-  if used == 1 then redis.call('EXPIRE', KEYS[4], ARGV[12]) end
-  quota_left = quota - used
-end
-if idem then redis.call('SET', KEYS[2], ARGV[7] .. ' ' .. ARGV[2], 'PX', ARGV[8]) end
-return {0, ARGV[2], remaining, quota_left}
-)lua";
-
 const char *ngx_mail_api_enqueue_sha() noexcept {
-    static char hex[2 * SHA_DIGEST_LENGTH + 1];
-    if (hex[0] == '\0') {
-        unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1(reinterpret_cast<const unsigned char *>(ngx_mail_api_enqueue_script),
-             sizeof(ngx_mail_api_enqueue_script) - 1, md);
-        for (size_t i = 0; i < sizeof md; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    }
-    return hex;
+    static const std::string sha = mailapi::contract::script_sha(mailapi::contract::ENQUEUE_LUA);
+    return sha.c_str();
 }
 
 namespace {
-
-constexpr size_t IDEMPOTENCY_KEY_MAX = 255;
 
 // Lives until Redis answers, which may be after the request timed out and
 // ended; `r` is then NULL and the reply only frees this.
@@ -85,6 +29,7 @@ struct EnqueueCall {
     ngx_event_t timer;
     ngx_msec_t timeout;
     int64_t now_ms;
+    bool plain;  // HSET and XADD (contract::enqueue_plain), not ENQUEUE_LUA
     char id[32];
 };
 
@@ -105,6 +50,29 @@ void add_rate_headers(ngx_http_request_t *r, const mailapi::ApiKey *key, int64_t
     ngx_mail_api_add_header(r, "RateLimit-Reset", std::to_string(reset_s));
 }
 
+// The body with what deliveryd needs to make each recipient's links: this
+// service's URL and when they expire. Added before the object's closing
+// brace (the body was just validated as one object; the URL holds no
+// character JSON would escape).
+std::string with_links(const std::string &body, const ngx_mail_api_main_conf_t *mcf, int64_t expires) {
+    size_t end = body.find_last_of('}');
+    std::string out = body.substr(0, end);
+    out += ",\"links\":{\"base\":\"";
+    out.append(reinterpret_cast<const char *>(mcf->link_url.data), mcf->link_url.len);
+    out += "\",\"expires\":" + std::to_string(expires) + "}}";
+    return out;
+}
+
+// The message's recipient keys, for the hash (contract::ENQUEUE_LUA).
+std::string recipient_keys(const ngx_mail_api_main_conf_t *mcf, const std::string &tenant, const mailapi::Message &m) {
+    std::string out;
+    for (const std::string &a : mailapi::message_recipients(m)) {
+        if (!out.empty()) out.push_back(' ');
+        out += mailapi::contract::recipient_key(*mcf->keyring, tenant, a);
+    }
+    return out;
+}
+
 ngx_int_t accepted(ngx_http_request_t *r, const std::string &id) {
     return ngx_mail_api_send_json(r, NGX_HTTP_ACCEPTED, "{\"id\":\"" + id + "\",\"status\":\"queued\"}");
 }
@@ -112,6 +80,7 @@ ngx_int_t accepted(ngx_http_request_t *r, const std::string &id) {
 ngx_int_t answer(EnqueueCall *call, redisReply *reply) {
     ngx_http_request_t *r = call->r;
     const mailapi::ApiKey *key = call->key;
+    if (call->plain && reply && reply->type == REDIS_REPLY_STRING) return accepted(r, call->id);  // XADD's entry id
     if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
         if (reply && reply->type == REDIS_REPLY_ERROR) {
             if (ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0) ngx_mail_api_redis_load_script();
@@ -200,9 +169,9 @@ bool idempotency_key(ngx_http_request_t *r, std::string &out) {
             i = 0;
         }
         if (h[i].key.len == 15 && ngx_strncasecmp(h[i].key.data, (u_char *)"Idempotency-Key", 15) == 0) {
-            if (h[i].value.len == 0 || h[i].value.len > IDEMPOTENCY_KEY_MAX) return false;
-            for (size_t j = 0; j < h[i].value.len; j++) {
-                if (h[i].value.data[j] < 0x21 || h[i].value.data[j] > 0x7e) return false;
+            if (!mailapi::request::idempotency_key_valid(
+                    std::string_view(reinterpret_cast<char *>(h[i].value.data), h[i].value.len))) {
+                return false;
             }
             out.assign(reinterpret_cast<char *>(h[i].value.data), h[i].value.len);
             return true;
@@ -223,13 +192,28 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
         return ngx_mail_api_send_error(r, static_cast<ngx_uint_t>(ferr.status), ferr.code.c_str(), ferr.message,
                                        ferr.field);
     }
+    if (!mailapi::apikey_sender_allowed(*key, msg.from.email)) {
+        return ngx_mail_api_send_error(r, NGX_HTTP_FORBIDDEN, "sender_not_allowed",
+                                       "this key may not send from that domain (senders= in the keys file)",
+                                       "from");
+    }
     ngx_time_t *tp = ngx_timeofday();
     int64_t now_ms = static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
     // The envelope holds the body as received: it has just been validated, and
     // deliveryd and the recover path read it with the same parser.
+    std::string stamped;
+    if (msg.unsubscribe || !msg.responses.empty()) {
+        if (mcf->link_url.len == 0) {
+            return ngx_mail_api_send_error(r, 422, "links_unavailable",
+                                           "this service has no public URL for links (mail_api_link_url)",
+                                           msg.unsubscribe ? "unsubscribe" : "responses");
+        }
+        stamped = with_links(body, mcf, (msg.send_at ? msg.send_at : tp->sec) + mcf->link_ttl);
+    }
     std::string id, envelope;
     if (!mailapi::message_id_new(now_ms, id) ||
-        !mailapi::envelope_seal(*mcf->keyring, mailapi::envelope_aad(key->tenant, id), body, envelope)) {
+        !mailapi::envelope_seal(*mcf->keyring, mailapi::envelope_aad(key->tenant, id),
+                                stamped.empty() ? body : stamped, envelope)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (!ngx_mail_api_redis_ready()) {
@@ -244,7 +228,7 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
         std::string_view ikey(reinterpret_cast<const char *>(mcf->keyring->index_key.data()), 32);
         if (!mailapi::hmac_sha256(ikey, data, md)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
         fingerprint = mailapi::base64url_encode(std::string_view(reinterpret_cast<char *>(md), sizeof md));
-        idem_key = "mailapi:idem:" + key->tenant + ":" + idem;
+        idem_key = mailapi::contract::idempotency_key(key->tenant, idem);
     }
     auto *call = static_cast<EnqueueCall *>(ngx_calloc(sizeof(EnqueueCall), r->connection->log));
     if (call == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -257,22 +241,41 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
     call->timer.data = call;
     call->timer.log = r->connection->log;
 
-    char interval[32];
-    snprintf(interval, sizeof interval, "%.3f", key->rate > 0 ? 1e6 / key->rate : 0.0);
     std::string stream(reinterpret_cast<char *>(mcf->redis_stream.data), mcf->redis_stream.len);
-    std::string rate_key = "mailapi:rate:" + key->id;
-    std::string quota_key = "mailapi:quota:" + key->id + ":" + std::to_string(now_ms / 86400000);
-    std::string now_us = std::to_string(now_ms * 1000), created = std::to_string(now_ms),
-                send_at = std::to_string(msg.send_at), idem_ttl = std::to_string(mcf->idempotency_ttl),
-                burst = std::to_string(key->burst), quota = std::to_string(key->daily_quota);
-    const char *argv[] = {"EVALSHA", ngx_mail_api_enqueue_sha(), "4", stream.c_str(), idem_key.c_str(),
-                          rate_key.c_str(), quota_key.c_str(), now_us.c_str(), id.c_str(), key->tenant.c_str(),
-                          created.c_str(), send_at.c_str(), envelope.c_str(), fingerprint.c_str(),
-                          idem_ttl.c_str(), interval, burst.c_str(), quota.c_str(), "172800"};
-    constexpr int argc = sizeof argv / sizeof argv[0];
-    size_t lens[argc];
-    for (int i = 0; i < argc; i++) lens[i] = strlen(argv[i]);
-    if (ngx_mail_api_redis_command(argc, argv, lens, enqueue_done, call) != NGX_OK) {
+    std::string hash = mailapi::contract::message_key(stream, id), rkeys = recipient_keys(mcf, key->tenant, msg);
+    std::string created = std::to_string(now_ms), send_at = std::to_string(msg.send_at);
+    ngx_int_t rc;
+    if (idem.empty() && key->rate == 0 && key->daily_quota == 0) {
+        call->plain = true;
+        std::string size = std::to_string(envelope.size());
+        std::string keep = key->retention_days ? std::to_string(key->retention_days) : "";
+        mailapi::contract::Argv hset, xadd;
+        mailapi::contract::enqueue_plain({stream, hash, id, key->tenant, created, send_at, envelope, size, rkeys, keep},
+                                         hset, xadd);
+        const ngx_mail_api_redis_cmd_t cmds[] = {{hset.argc, hset.argv, hset.lens}, {xadd.argc, xadd.argv, xadd.lens}};
+        rc = ngx_mail_api_redis_transact(cmds, 2, enqueue_done, call);
+    } else {
+        char interval[32];
+        snprintf(interval, sizeof interval, "%.3f", key->rate > 0 ? 1e6 / key->rate : 0.0);
+        const std::string args[] = {
+            "EVALSHA", ngx_mail_api_enqueue_sha(), "5",
+            // KEYS
+            stream, hash, idem_key, mailapi::contract::rate_key(key->id), mailapi::contract::quota_key(key->id, now_ms),
+            // ARGV
+            std::to_string(now_ms * 1000), id, key->tenant, created, send_at, envelope, fingerprint,
+            std::to_string(mcf->idempotency_ttl), interval, std::to_string(key->burst), std::to_string(key->daily_quota),
+            std::to_string(mailapi::contract::QUOTA_KEY_TTL_S), std::to_string(key->retention_days), rkeys};
+        constexpr int argc = sizeof args / sizeof args[0];
+        const char *argv[argc];
+        size_t lens[argc];
+        for (int i = 0; i < argc; i++) {
+            argv[i] = args[i].data();
+            lens[i] = args[i].size();  // the envelope is binary
+        }
+        const ngx_mail_api_redis_cmd_t cmd = {argc, argv, lens};
+        rc = ngx_mail_api_redis_transact(&cmd, 1, enqueue_done, call);
+    }
+    if (rc != NGX_OK) {
         ngx_free(call);
         return ngx_mail_api_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "queue_unavailable",
                                        "the queue is unavailable, retry later");

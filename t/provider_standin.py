@@ -26,6 +26,8 @@ as each documents, and it can be told to fail.
   GET  /_received/NAME    what was accepted so far: JSON bodies (sendgrid,
                           generic, postmark, ses), form fields (mailgun)
   GET  /_requests/NAME    how many authorised requests arrived, failed or not
+  GET  /_ids/NAME         how many times each message id (our mailapi_id) was
+                          accepted: {"msg_...": 1, ...}
 
 NAME is sendgrid, generic, mailgun, postmark or ses.
 """
@@ -50,6 +52,7 @@ NAMES = ("sendgrid", "generic", "mailgun", "postmark", "ses")
 STATE = {n: {"mode": "ok"} for n in NAMES}
 RECEIVED = {n: [] for n in NAMES}
 REQUESTS = {n: 0 for n in NAMES}  # every authorised request, failed or not
+ACCEPTED = {n: {} for n in NAMES}  # message id -> times accepted
 LOCK = threading.Lock()
 KEYS = {}
 
@@ -356,7 +359,16 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "timeout":
             time.sleep(30)
         elif mode == "reset":
+            # SO_LINGER 0: closing sends RST. The socket is closed for real only
+            # once the handler's file objects on it are closed too (without
+            # that, a keep-alive client waited for its timeout instead).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            for f in (self.rfile, self.wfile):
+                try:
+                    f.close()
+                except OSError:
+                    pass
             self.connection.close()
         return st
 
@@ -393,6 +405,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/_received/"):
             with LOCK:
                 return self.reply(200, RECEIVED.get(self.path.split("/")[-1], []))
+        if self.path.startswith("/_ids/"):
+            with LOCK:
+                return self.reply(200, dict(ACCEPTED.get(self.path.split("/")[-1], {})))
         self.reply(404, {"errors": [{"message": "not found"}]})
 
     def do_POST(self):
@@ -430,6 +445,10 @@ class Handler(BaseHTTPRequestHandler):
                     return self.reply(400, {"errors": [{"message": "required", "field": field}]})
         with LOCK:
             RECEIVED[name].append(body)
+            mid = ((body.get("personalizations") or [{}])[0].get("custom_args") or {}).get("mailapi_id") \
+                if name == "sendgrid" else body.get("id")
+            if mid:
+                ACCEPTED[name][mid] = ACCEPTED[name].get(mid, 0) + 1
         if name == "sendgrid":
             return self.reply(202, None, {"X-Message-Id": uuid.uuid4().hex})
         return self.reply(200, {"accepted": True})

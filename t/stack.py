@@ -28,6 +28,8 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # sanitizer report lands in <stack dir>/sanitizer.<pid>.
 SANITIZE = os.environ.get("MAILAPI_SANITIZE") == "1"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+PG_BIN = "/usr/lib/postgresql/15/bin"  # Debian's PostgreSQL 15 (package postgresql)
+PSQL = shutil.which("psql") or "/usr/bin/psql"
 # smtp-sink and smtp-source with the two postfix libraries they need (see
 # deps_postfix_tools in build.sh); not installed as the machine's MTA.
 POSTFIX = os.path.join(ROOT, "build", "postfix")
@@ -65,6 +67,19 @@ def mint_token(key_id, secret, ttl=3600, scopes="send+read", expires=None):
     signed = f"v1.{key_id}.{expires}.{scopes}"
     sig = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
     return signed + "." + base64.urlsafe_b64encode(sig).rstrip(b"=").decode()
+
+
+def sanitizer_reports_in(directory):
+    """{path: text} of the ASan/UBSan reports in a directory (log_path=<dir>/sanitizer)."""
+    import glob
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "sanitizer.*"))):
+        try:
+            with open(path, errors="replace") as f:
+                out[path] = f.read()
+        except OSError:
+            pass
+    return out
 
 
 class Proc:
@@ -109,13 +124,20 @@ class Key:
         return mint_token(self.id, self.secret, ttl, scopes or self.scopes, expires)
 
 
+# Every Stack made in this process, in order, running or stopped: the tests
+# read the sanitizer reports of each (t/e2e/conftest.py), whoever made it (a
+# fixture of any shape, or the test itself) and however its processes ended.
+STACKS = []
+
+
 class Stack:
     def __init__(self, directory):
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
+        STACKS.append(self)
         self.procs = []
         self.keys = []
-        self.redis = self.mongo = self.smtp = self.nginx = None
+        self.redis = self.mongo = self.pg = self.smtp = self.nginx = None
         self.maildir = os.path.join(directory, "maildir")
         self.write_keyring()
 
@@ -158,8 +180,9 @@ class Stack:
         return env
 
     def sanitizer_reports(self):
-        import glob
-        return {p: open(p, errors="replace").read() for p in glob.glob(os.path.join(self.dir, "sanitizer.*"))}
+        """{path: text} of every sanitizer report in the stack's directory,
+        from live processes and from ones that have exited (or were killed)."""
+        return sanitizer_reports_in(self.dir)
 
     def spawn(self, name, argv, port=None, env=None, what=None):
         log = os.path.join(self.dir, name + ".log")
@@ -179,27 +202,134 @@ class Stack:
     def start_redis(self, port=None):
         port = port or free_port()
         # rdbcompression off: the tests read the dump to prove nothing is plaintext
-        # appendonly: as in production, an acknowledged XADD survives a restart
+        # appendonly, appendfsync always, noeviction: conf/redis.conf, what the
+        # project ships: an acknowledged send is on disk before the 202
         self.redis = self.spawn("redis", [REDIS, "--port", str(port), "--bind", "127.0.0.1",
-                                          "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                                          "--save", "", "--appendonly", "yes",
+                                          "--appendfsync", os.environ.get("MAILAPI_APPENDFSYNC", "always"),
+                                          "--maxmemory-policy", "noeviction",
                                           "--rdbcompression", "no", "--dir", self.dir,
                                           "--dbfilename", "redis-dump.rdb"], port)
         return self.redis
 
-    def start_ferretdb(self, port=None):
+    def pg_user(self):
+        """PostgreSQL refuses to run as root: as root it runs as Debian's
+        `postgres` user, otherwise as whoever runs the stack."""
+        return "postgres" if os.geteuid() == 0 else None
+
+    def as_pg_user(self, argv):
+        user = self.pg_user()
+        return ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--"] + argv if user else argv
+
+    def start_postgres(self, port=None):
+        """Debian's PostgreSQL with its own data directory under the stack
+        directory, on a loopback port (and a socket in that directory)."""
         port = port or free_port()
-        self.mongo = self.spawn("ferretdb", [FERRETDB, "--listen", f"127.0.0.1:{port}",
-                                             "--dir", os.path.join(self.dir, "ferretdb")], port)
+        data = os.path.join(self.dir, "pg")
+        user = self.pg_user()
+        if user:
+            # the server's user must reach its directory: traverse (not read) the parents
+            d = self.dir
+            while d not in ("/", ""):
+                os.chmod(d, os.stat(d).st_mode | 0o001)
+                d = os.path.dirname(d)
+        if not os.path.exists(os.path.join(data, "PG_VERSION")):
+            os.makedirs(data, exist_ok=True)
+            if user:
+                shutil.chown(data, user, user)
+            r = subprocess.run(self.as_pg_user([os.path.join(PG_BIN, "initdb"), "-D", data, "-U", "mailapi",
+                                                "-A", "trust", "-E", "UTF8", "--locale", "C.UTF-8"]),
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{r.stdout}{r.stderr}")
+        sock = os.path.join(self.dir, "pgsock")
+        os.makedirs(sock, exist_ok=True)
+        if user:
+            shutil.chown(sock, user, user)
+        # synchronous_commit stays on: a record deliveryd was told is written
+        # survives a kill -9 of the server (the tests do that)
+        argv = self.as_pg_user([os.path.join(PG_BIN, "postgres"), "-D", data, "-p", str(port),
+                                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sock}",
+                                "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+                                "-c", "logging_collector=off", "-c", "log_min_messages=warning"])
+        self.pg = self.spawn("postgres", argv, port)
+        self.wait_pg_ready()
+        return self.pg
+
+    def psql(self, sql, database="ferretdb", check=True):
+        r = subprocess.run([PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "mailapi", "-d", database,
+                            "-v", "ON_ERROR_STOP=1", "-qAtc", sql], capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"psql failed: {r.stderr.strip()}\n{sql}")
+        return r.stdout.strip()
+
+    def wait_pg_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.pg.alive():
+                raise RuntimeError(f"postgres exited; log {self.pg.log}:\n{self.pg.log_tail()}")
+            r = subprocess.run([PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", "mailapi", "-d", "postgres",
+                                "-qAtc", "SELECT 1"], capture_output=True, text=True)
+            if r.returncode == 0:
+                if self.psql("SELECT 1 FROM pg_database WHERE datname = 'ferretdb'", "postgres") != "1":
+                    self.psql("CREATE DATABASE ferretdb", "postgres")
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres did not accept connections within {timeout}s; log {self.pg.log}")
+
+    def start_ferretdb(self, port=None):
+        """FerretDB (the MongoDB wire protocol) over the stack's PostgreSQL,
+        which is started first if it is not running."""
+        if self.pg is None or not self.pg.alive():
+            self.start_postgres(self.pg.port if self.pg else None)
+        port = port or free_port()
+        url = f"postgres://mailapi@127.0.0.1:{self.pg.port}/ferretdb"
+        self.mongo = self.spawn("ferretdb", [FERRETDB, "--listen", f"127.0.0.1:{port}", "--postgresql-url", url],
+                                port)
+        self.prepare_store()
         return self.mongo
+
+    # FerretDB 1.24 over PostgreSQL turns top-level equality into
+    # `_jsonb->'field' @> value`, which only a GIN index on that expression
+    # serves (the indexes createIndexes makes are btrees it never uses); a
+    # cached generic plan would not use it either. docs/storage.md.
+    STORE_INDEXES = {"messages": ("_id", "m", "rk", "x"), "hints": ("_id", "h")}
+
+    def prepare_store(self):
+        import pymongo
+        db = pymongo.MongoClient(self.mongodb_uri, serverSelectionTimeoutMS=10000)["mailapi"]
+        existing = set(db.list_collection_names())
+        for coll in self.STORE_INDEXES:
+            if coll not in existing:
+                try:
+                    db.create_collection(coll)
+                except pymongo.errors.CollectionInvalid:
+                    pass
+        self.psql("ALTER DATABASE ferretdb SET plan_cache_mode = force_custom_plan")
+        for coll, fields in self.STORE_INDEXES.items():
+            self.gin_indexes(coll, fields)
+
+    def store_table(self, collection):
+        """The PostgreSQL table FerretDB keeps a collection in."""
+        return self.psql("SELECT _jsonb->>'table' FROM mailapi._ferretdb_database_metadata "
+                         f"WHERE _jsonb->>'_id' = '{collection}'")
+
+    def gin_indexes(self, collection, fields):
+        table = self.store_table(collection)
+        for field in fields:
+            name = f"{table}_{field.strip('_')}_gin"
+            self.psql(f"CREATE INDEX IF NOT EXISTS {name} ON mailapi.{table} "
+                      f"USING gin ((_jsonb->'{field}')) WITH (fastupdate = off)")
 
     @property
     def mongodb_uri(self):
         return f"mongodb://127.0.0.1:{self.mongo.port}/mailapi"
 
-    def start_smtp(self, port=None, name="smtp", tls=None, auth=None):
+    def start_smtp(self, port=None, name="smtp", tls=None, auth=None, smtputf8=False, refuse=None):
         """The SMTP server writing a Maildir (self.maildir for the first;
         <dir>/<name>-maildir for others). tls: None, "starttls" or "implicit"
-        with the stack's certificate; auth: "login:password" to require."""
+        with the stack's certificate; auth: "login:password" to require;
+        smtputf8: offer SMTPUTF8; refuse: the reply to every RCPT."""
         port = port or free_port()
         maildir = self.maildir if name == "smtp" else os.path.join(self.dir, name + "-maildir")
         for sub in ("cur", "new", "tmp"):
@@ -211,6 +341,10 @@ class Stack:
             argv += ["--tls-cert", cert, "--tls-key", key] + (["--implicit-tls"] if tls == "implicit" else [])
         if auth:
             argv += ["--auth", auth]
+        if smtputf8:
+            argv += ["--smtputf8"]
+        if refuse:
+            argv += ["--refuse", refuse]
         proc = self.spawn(name, argv, port)
         proc.maildir = maildir
         if name == "smtp":
@@ -343,12 +477,13 @@ http {{
                 f.write(line + "\n")
         return conf
 
-    def start_deliveryd(self, name="deliveryd", lines=(), **overrides):
+    def start_deliveryd(self, name="deliveryd", lines=(), env=None, **overrides):
+        """env: variables added to deliveryd's environment."""
         path = os.path.join(self.dir, name + ".conf")
         conf = self.write_deliveryd_conf(path, lines, **overrides)
         log = os.path.join(self.dir, name + ".log")
         offset = os.path.getsize(log) if os.path.exists(log) else 0  # an earlier run's lines are not this one's
-        proc = self.spawn(name, [DELIVERYD, "-c", path], env=self.sanitizer_env(preload=False))
+        proc = self.spawn(name, [DELIVERYD, "-c", path], env=dict(self.sanitizer_env(preload=False), **(env or {})))
         proc.admin = "http://" + conf["admin_listen"]
         proc.conf = path
         deadline = time.time() + 30
@@ -367,9 +502,14 @@ http {{
         return proc
 
     def render_nginx(self, port, tls=False, workers=1, extra_http="", redis_timeout="2s",
-                     client_max_body_size="16m", client_body_buffer_size="1m", log_level="info", name="nginx"):
-        tls_lines = ""
-        if tls:
+                     client_max_body_size="16m", client_body_buffer_size="1m", log_level="info", name="nginx",
+                     tls_port=None, access_log=True):
+        """tls: the one listener is TLS; tls_port: a second, TLS, listener
+        next to the plain one (the benchmark's same-nginx TLS case)."""
+        tls_lines, listen_tls = "", ""
+        if tls_port:
+            listen_tls = f"        listen 127.0.0.1:{tls_port} ssl;\n"
+        if tls or tls_port:
             cert, key = self.certificate()
             tls_lines = (f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
                          f"        include {ROOT}/conf/mail_api_tls.conf;\n")
@@ -379,7 +519,9 @@ http {{
             module=MODULE, workers=workers, dir=self.dir, log_level=log_level,
             user="user root;" if os.geteuid() == 0 else "",
             redis=f"127.0.0.1:{self.redis.port}", mongodb=self.mongodb_uri, port=port,
-            ssl=" ssl" if tls else "", tls=tls_lines, extra_http=extra_http, redis_timeout=redis_timeout,
+            ssl=" ssl" if tls else "", tls=tls_lines, listen_tls=listen_tls, extra_http=extra_http,
+            redis_timeout=redis_timeout,
+            access_log=os.path.join(self.dir, "nginx-access.log") if access_log else "off",
             client_max_body_size=client_max_body_size, client_body_buffer_size=client_body_buffer_size)
         path = os.path.join(self.dir, name + ".conf")
         with open(path, "w") as f:
@@ -417,15 +559,17 @@ http {{
 
     def start_all(self, tls=False, port=None):
         self.start_redis()
-        self.start_ferretdb()
+        self.start_ferretdb()  # and its PostgreSQL
         self.start_smtp()
         self.start_deliveryd()
         self.start_nginx(tls=tls, port=port)
 
     def stop_all(self):
         for proc in reversed(self.procs):
-            # nginx: QUIT is a graceful stop; the others stop on TERM
-            proc.stop(signal.SIGQUIT if proc.name.startswith("nginx") else signal.SIGTERM)
+            # nginx: QUIT is a graceful stop; postgres: INT is its fast shutdown
+            # (TERM would wait for every client); the others stop on TERM
+            proc.stop(signal.SIGQUIT if proc.name.startswith("nginx")
+                      else signal.SIGINT if proc.name.startswith("postgres") else signal.SIGTERM)
         self.procs = []
 
     def failure_report(self):

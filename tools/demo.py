@@ -66,13 +66,13 @@ def run():
     def stop(*_):
         if not stopping:
             stopping.append(1)
-            print("\n==> stopping nginx, deliveryd, SMTP server, FerretDB and Redis")
+            print("\n==> stopping nginx, deliveryd, SMTP server, FerretDB, PostgreSQL and Redis")
             s.stop_all()
             sys.exit(0)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for what, start in (("Redis", s.start_redis), ("FerretDB", s.start_ferretdb),
+    for what, start in (("Redis", s.start_redis), ("PostgreSQL and FerretDB (the store)", s.start_ferretdb),
                         ("SMTP server (Maildir)", s.start_smtp), ("deliveryd", s.start_deliveryd)):
         print(f"==> starting {what}")
         start()
@@ -93,7 +93,7 @@ def run():
         try:
             status = call("GET", base + "/v1/messages/" + sent["id"], token, cert)
         except urllib.error.HTTPError as e:
-            if e.code != 404:  # 404: not recorded yet, deliveryd is on it
+            if e.code != 503:  # 503: the store is starting
                 raise
         if status.get("status") == "sent":
             break
@@ -116,8 +116,12 @@ ngx_mail_api is running. In another terminal:
        -d '{{"from":"demo@example.com","to":["you@example.org"],"subject":"Hi","text":"Hello"}}' \\
        {base}/v1/messages
 
-  # what was sent to a recipient, decrypted, with its timeline
-  curl --cacert {cert} -H "Authorization: Bearer $TOKEN" '{base}/v1/messages?recipient=you@example.org'
+  # one message, from the moment of its 202 (the id the send answered)
+  curl --cacert {cert} -H "Authorization: Bearer $TOKEN" {base}/v1/messages/MESSAGE_ID
+
+  # what was sent to a recipient, decrypted, with its timeline (newest first)
+  curl --cacert {cert} -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"recipient":"you@example.org","limit":20}}' {base}/v1/messages/search
 
 Received mail (one file per message, Maildir): {s.maildir}/new
   ls {s.maildir}/new && cat {s.maildir}/new/*

@@ -48,20 +48,20 @@ def tokens(keys):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_tokens_are_refused_and_change_nothing(api, tokens, case, rcpt, queue_len):
+def test_bad_tokens_are_refused_and_change_nothing(api, tokens, case, rcpt, enqueued):
     template, code = CASES[case]
     headers = {}
     if template:
         headers["Authorization"] = template.format(**tokens)
-    before = queue_len()
+    before = enqueued()
     r = api.http.post(api.base + "/v1/messages", json=message(rcpt), headers=headers, timeout=10)
     assert r.status_code == 401, r.text
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["message"]
     assert r.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
-    assert queue_len() == before
+    assert enqueued() == before
     # the same on the read side
-    r = api.http.get(api.base + "/v1/messages", params={"recipient": rcpt}, headers=headers, timeout=10)
+    r = api.http.post(api.base + "/v1/messages/search", json={"recipient": rcpt}, headers=headers, timeout=10)
     assert r.status_code == 401 and r.json()["error"]["code"] == code
 
 

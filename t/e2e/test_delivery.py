@@ -12,7 +12,7 @@ import pymongo
 import pytest
 
 import stack as stackmod
-from conftest import Api, Mailbox, message, private_stack
+from conftest import Api, Mailbox, crash_window, message, private_stack, store_records
 
 
 def rcpt_with(prefix):
@@ -26,7 +26,7 @@ def test_transient_failures_are_retried_until_sent(api, keys, inbox):
     types = [e["type"] for e in rec["events"]]
     assert types == ["queued", "deferred", "deferred", "sent"], types
     assert all(e["code"] == 451 for e in rec["events"][1:3])
-    assert inbox.find(mid)
+    assert inbox.find(mid) and inbox.count(mid) == 1  # three attempts, one delivery
 
 
 def test_permanent_failure_is_not_retried(api, keys, redis_cli):
@@ -70,11 +70,17 @@ def test_send_at_waits(api, keys, inbox):
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
     mid = api.send(message(rcpt_with("later"), send_at=at), token).json()["id"]
     time.sleep(1.5)
-    assert inbox.count(mid) == 0 and api.get(mid, token).status_code == 404
+    assert inbox.count(mid) == 0
+    waiting = api.get(mid, token)  # visible from its 202, as scheduled
+    assert waiting.status_code == 200, waiting.text
+    w = waiting.json()
+    assert w["status"] == "scheduled" and w["send_at"] == at.replace("Z", ".000Z")
+    assert [e["type"] for e in w["events"]] == ["queued"]
     rec = api.wait_status(mid, token, "sent", timeout=15)
     assert rec["events"][-1]["type"] == "sent"
     sent_at = time.mktime(time.strptime(rec["events"][-1]["at"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert sent_at >= time.mktime(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone - 1
+    assert inbox.find(mid) and inbox.count(mid) == 1
 
 
 @pytest.fixture
@@ -92,49 +98,63 @@ def send_many(api, token, n, prefix="r"):
     return [r.json()["id"] for r in results]
 
 
+def sent_count(s, ids):
+    try:
+        return sum(1 for r in store_records(s.mongodb_uri, ids).values() if r["status"] == "sent")
+    except pymongo.errors.PyMongoError:
+        return 0
+
+
 def wait_terminal(s, ids, timeout=120):
-    coll = pymongo.MongoClient(s.mongodb_uri, serverSelectionTimeoutMS=3000)["mailapi"]["messages"]
     deadline = time.time() + timeout
+    n = 0
     while time.time() < deadline:
-        try:
-            docs = list(coll.find({"_id": {"$in": ids}}, {"status": 1}))
-        except pymongo.errors.PyMongoError:
-            docs = []
-        if len(docs) == len(ids) and all(d["status"] == "sent" for d in docs):
-            return docs
+        n = sent_count(s, ids)
+        if n == len(ids):
+            return
         time.sleep(0.5)
-    raise AssertionError(f"{sum(1 for d in docs if d['status'] == 'sent')}/{len(ids)} sent")
+    raise AssertionError(f"{n}/{len(ids)} sent")
 
 
-def assert_exactly_once(s, ids):
-    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
-    docs = list(coll.find({"_id": {"$in": ids}}))
-    assert sorted(d["_id"] for d in docs) == sorted(ids)  # one record each, none missing
-    for d in docs:
-        terminal = [e for e in d["events"] if e["type"] in ("sent", "failed")]
-        assert d["status"] == "sent" and len(terminal) >= 1
+def assert_exactly_once(s, ids, in_crash_window=False):
+    """One record with one terminal event (sent) per message, and one
+    delivery. in_crash_window: the test kills deliveryd between a relay taking
+    a message and that being remembered, where a second delivery is the
+    documented limit: those are counted and printed, not failed."""
+    recs = store_records(s.mongodb_uri, ids)
+    assert sorted(recs) == sorted(ids)  # a record each, none missing
+    for mid, r in recs.items():
+        assert r["message"], mid
+        assert r["status"] == "sent" and len(r["terminal"]) == 1 and not r["repeats"], (mid, r["terminal"], r["repeats"])
     delivered = Mailbox(s.maildir).counts()
     missing = [i for i in ids if delivered.get(i, 0) == 0]
     assert not missing, f"{len(missing)} accepted messages never reached the SMTP server"
+    extra = {i: delivered[i] for i in ids if delivered[i] > 1}
+    dup = sum(n - 1 for n in extra.values())
+    if in_crash_window:
+        crash_window(f"{len(extra)} of {len(ids)} messages delivered more than once "
+                     f"({dup} extra deliveries, {100.0 * len(extra) / len(ids):.2f} %)")
+    else:
+        assert not extra, f"{len(extra)} of {len(ids)} messages delivered more than once: {extra}"
+    return len(extra)
 
 
 def test_kill_9_loses_nothing(crash_stack):
     s, token, api = crash_stack
     ids = send_many(api, token, 1000)  # all queued first, then drained
-    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
     first = s.start_deliveryd(max_in_flight="64", claim_idle="2", send_timeout="1")
     deadline = time.time() + 30
-    while coll.count_documents({"status": "sent"}) < 50:  # some sent, some in flight, most still queued
+    while sent_count(s, ids) < 50:  # some sent, some in flight, most still queued
         assert time.time() < deadline, "deliveryd sent nothing"
         time.sleep(0.02)
     first.stop(signal.SIGKILL)
     pending = subprocess.run(["redis-cli", "-p", str(s.redis.port), "XPENDING", "mailapi:messages", "deliveryd"],
                              capture_output=True, text=True).stdout.split()
     assert int(pending[0]) > 0, "nothing was in flight when deliveryd was killed"
-    assert coll.count_documents({"status": "sent"}) < len(ids), "everything was done before the kill"
+    assert sent_count(s, ids) < len(ids), "everything was done before the kill"
     s.start_deliveryd(name="deliveryd2", max_in_flight="64", claim_idle="2", send_timeout="1")
     wait_terminal(s, ids)
-    assert_exactly_once(s, ids)
+    assert_exactly_once(s, ids, in_crash_window=True)  # the kill may land between a relay's 250 and its SENT mark
 
 
 def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
@@ -145,8 +165,7 @@ def test_sigterm_finishes_in_flight_and_exits_0(crash_stack):
     t0 = time.time()
     assert d.stop(signal.SIGTERM, timeout=15) == 0
     assert time.time() - t0 >= 1  # it waited for the send
-    coll = pymongo.MongoClient(s.mongodb_uri)["mailapi"]["messages"]
-    assert coll.find_one({"_id": mid})["status"] == "sent"
+    assert store_records(s.mongodb_uri, [mid])[mid]["status"] == "sent"
     assert '"msg":"stopped"' in d.log_tail()
 
 
@@ -161,7 +180,11 @@ def test_sigterm_past_the_grace_leaves_the_send_to_another_instance(crash_stack)
     assert "grace period over" in d.log_tail()
     s.start_deliveryd(name="deliveryd2", send_timeout="10", claim_idle="11")
     wait_terminal(s, [mid], timeout=40)  # taken over after claim_idle, sent again in full
-    assert Mailbox(s.maildir).count(mid) >= 1
+    rec = store_records(s.mongodb_uri, [mid])[mid]
+    assert rec["status"] == "sent" and len(rec["terminal"]) == 1 and not rec["repeats"], rec
+    # the first transfer never got its reply (the test's relay drops a mail
+    # whose connection is gone before it answers DATA): one delivery, the takeover's
+    assert Mailbox(s.maildir).count(mid) == 1
 
 
 def test_redis_restart_and_store_outage_lose_nothing(crash_stack):
@@ -213,7 +236,8 @@ def test_metrics_and_health(crash_stack):
     assert values['deliveryd_send_seconds_count'] == 21
     assert values['deliveryd_send_seconds_bucket{le="+Inf"}'] == 21
     assert values['deliveryd_breaker_state{provider="smtp"}'] == 0
-    assert values["deliveryd_queue_messages"] >= 21 and values["deliveryd_queue_pending"] == 0
+    # delivered messages leave the stream
+    assert values["deliveryd_queue_messages"] == 0 and values["deliveryd_queue_pending"] == 0
     assert values["deliveryd_in_flight"] == 0 and values["deliveryd_dead_letters"] == 0
     assert "example.org" not in text  # no addresses, anywhere
     h = requests.get(d.admin + "/healthz", timeout=5)

@@ -53,8 +53,10 @@ def test_nginx_t_names_the_bad_directive(own_stack, edit, expect):
 
 
 @pytest.mark.parametrize("content,expect", [
-    ("k1 acme admin MDEyMzQ1Njc4OWFiY2RlZg==\n", "line 1: scopes must be send, read or send+read"),
+    ("k1 acme admin MDEyMzQ1Njc4OWFiY2RlZg==\n", "line 1: scopes must be send, read, webhooks, erase or several"),
     ("# ok\nk1 acme send c2hvcnQ=\n", "line 2: secret must be base64 of at least 16 bytes"),
+    ("k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== senders=example.com,,x\n", "line 1: senders must be a comma-separated"),
+    ("k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== senders=*.\n", "line 1: senders must be"),
 ])
 def test_nginx_t_names_the_bad_keys_line(own_stack, content, expect):
     with open(os.path.join(own_stack.dir, "keys"), "w") as f:
@@ -131,6 +133,7 @@ def test_body_buffered_to_a_temp_file_works(stack, own_stack, keys, inbox, rcpt)
     assert r.status_code == 202, r.text
     mail = inbox.find(r.json()["id"])
     assert mail.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+    assert inbox.count(r.json()["id"]) == 1
 
 
 def test_https(stack, own_stack, keys, rcpt):
@@ -222,8 +225,9 @@ def test_client_gone_mid_query_leaves_worker_healthy(own_stack, own_mongo, rcpt)
     mongo.stop()  # queries now take the full server selection timeout
     for _ in range(5):
         s = socket.create_connection(("127.0.0.1", nginx.port))
-        s.sendall(f"GET /v1/messages?recipient={rcpt} HTTP/1.1\r\nHost: x\r\n"
-                  f"Authorization: Bearer {token}\r\n\r\n".encode())
+        body = f'{{"recipient": "{rcpt}"}}'
+        s.sendall(f"POST /v1/messages/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nAuthorization: Bearer {token}\r\n\r\n{body}".encode())
         s.close()
     time.sleep(3)  # the queries finish for nobody
     assert api.http.get(api.base + "/healthz").status_code == 200

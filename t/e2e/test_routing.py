@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import stack as stackmod
-from conftest import Mailbox, message, tenants_stack
+from conftest import Mailbox, message, standin_deliveries, tenants_stack
 
 
 @pytest.fixture
@@ -58,22 +58,29 @@ def test_each_tenant_goes_through_its_own_route(two_tenants):
     assert set(providers_of(api, tokens["globex"], globex).values()) == {"sg"}
     counts = Mailbox(s.maildir).counts()
     assert all(counts.get(m) == 1 for m in acme) and not any(counts.get(m) for m in globex)
+    by_sg = standin_deliveries(control, "sendgrid")
+    assert all(by_sg.get(m) == 1 for m in globex) and not any(by_sg.get(m) for m in acme)
     # globex's fallback is still there: with sg failing, its mail goes out by SMTP
     requests.post(f"{control}/_control/sendgrid", json={"status": 503, "count": -1}, timeout=5)
     mid = api.send(message("g-fallback@example.org"), tokens["globex"]).json()["id"]
     rec = api.wait_status(mid, tokens["globex"], "sent")
     assert [(e["type"], e.get("provider")) for e in rec["events"]] == [
         ("queued", None), ("provider_failed", "sg"), ("sent", "mx")]
+    assert Mailbox(s.maildir).count(mid) == 1
 
 
 def test_a_weighted_pool_shares_the_load(two_tenants):
     s, tokens, api, control = two_tenants
     s.start_deliveryd(lines=accounts(s) + ["route * sg:3|hook:1, mx"])
     ids = [api.send(message(f"w{i}@example.org"), tokens["acme"]).json()["id"] for i in range(80)]
-    used = list(providers_of(api, tokens["acme"], ids, timeout=60).values())
+    by = providers_of(api, tokens["acme"], ids, timeout=60)
+    used = list(by.values())
     # Binomial(80, 0.75): 60 expected; 45..75 is more than 3.5 standard deviations
     assert 45 <= used.count("sg") <= 75 and used.count("sg") + used.count("hook") == 80, used
     assert Mailbox(s.maildir).counts() == {}  # the pool never needed its fallback
+    # each message went to the one member its record names, once
+    by_sg, by_hook = standin_deliveries(control, "sendgrid"), standin_deliveries(control, "generic")
+    assert all((by_sg.get(m, 0), by_hook.get(m, 0)) == ((1, 0) if by[m] == "sg" else (0, 1)) for m in ids)
 
 
 def test_a_failing_pool_member_hands_over_to_the_other(two_tenants):
@@ -87,6 +94,8 @@ def test_a_failing_pool_member_hands_over_to_the_other(two_tenants):
         assert steps in ([("queued", None), ("sent", "hook")],
                          [("queued", None), ("provider_failed", "sg"), ("sent", "hook")]), steps
     assert Mailbox(s.maildir).counts() == {}
+    by_hook = standin_deliveries(control, "generic")
+    assert all(by_hook.get(m) == 1 for m in ids), by_hook
 
 
 def test_sighup_reloads_providers_and_routes(two_tenants):
@@ -100,7 +109,7 @@ def test_sighup_reloads_providers_and_routes(two_tenants):
     wait_log(dd, '"msg":"reloaded"')
     second = api.send(message("after@example.org"), tokens["acme"]).json()["id"]
     assert providers_of(api, tokens["acme"], [second])[second] == "sg"
-    assert Mailbox(s.maildir).count(second) == 0
+    assert Mailbox(s.maildir).count(second) == 0 and standin_deliveries(control, "sendgrid").get(second) == 1
 
     # a broken file is refused and the running configuration stays
     with open(dd.conf, "a") as f:
@@ -201,6 +210,7 @@ def test_a_providers_concurrency_cap(two_tenants, concurrency):
     providers_of(api, tokens["acme"], ids, timeout=30)
     inbox = Mailbox(s.maildir)
     seen = [int(inbox.find(mid)["X-Test-Concurrent-Data"]) for mid in ids]
+    assert all(inbox.count(mid) == 1 for mid in ids)
     if concurrency == 1:
         assert seen == [1, 1, 1, 1]
     else:  # the control: unlimited, the SMTP server sees them at once
@@ -226,6 +236,8 @@ def test_sends_waiting_for_a_hung_providers_connection_fail_over(two_tenants):
     assert "no free connection within send_timeout" in reasons, reasons
     assert all(r in ("Timeout was reached", "no free connection within send_timeout") for r in reasons), reasons
     assert requests.get(f"{control}/_requests/sendgrid", timeout=5).json()["count"] <= 2
+    counts = Mailbox(s.maildir).counts()
+    assert all(counts.get(m) == 1 for m in ids), counts
 
 
 def test_cleartext_credentials_are_warned_about(two_tenants):

@@ -34,7 +34,7 @@ def test_tls_and_auth_relay_gets_the_mail(relay_stack, tls, scheme, starttls):
 
 
 @pytest.mark.parametrize("change, reason", [
-    ("username=mailer password=wrong", "Login denied"),        # 535: our credentials
+    ("username=mailer password=wrong", "535 5.7.8"),           # our credentials, in the relay's words
     ("password_file=SECRET", "530"),                            # no username: 530 authentication required
     ("username=mailer password_file=SECRET NOCA", "certificate"),  # self-signed, not trusted
     ("username=mailer password_file=SECRET NOTLS", "530"),      # relay requires STARTTLS
@@ -54,6 +54,6 @@ def test_a_relay_that_refuses_us_fails_over(relay_stack, change, reason):
     rec = api.wait_status(mid, token, "sent")
     failed = rec["events"][1]
     assert (failed["type"], failed["provider"]) == ("provider_failed", "relay"), rec["events"]
-    assert reason.lower() in (failed["reason"] + " " + str(failed["code"])).lower(), failed
+    assert reason.lower() in (failed["reason"] + " " + str(failed.get("code", ""))).lower(), failed
     assert rec["events"][-1]["provider"] == "fallback"
     assert Mailbox(relay.maildir).count(mid) == 0 and Mailbox(s.maildir).count(mid) == 1

@@ -58,3 +58,31 @@ TEST(ApiKeys, LimitOptions) {
     EXPECT_FALSE(apikeys_parse("a t send MDEyMzQ1Njc4OWFiY2RlZg== colour=blue\n", keys, err));
     EXPECT_NE(err.find("unknown option"), std::string::npos);
 }
+
+TEST(ApiKeys, Retention) {
+    std::vector<ApiKey> keys;
+    std::string err;
+    ASSERT_TRUE(apikeys_parse("a acme send MDEyMzQ1Njc4OWFiY2RlZg== retention=30d\n"
+                              "b acme read MDEyMzQ1Njc4OWFiY2RlZg==\n"
+                              "c acme send MDEyMzQ1Njc4OWFiY2RlZg== retention=7d rate=5/s\n"
+                              "d other send MDEyMzQ1Njc4OWFiY2RlZg==\n"
+                              "e third send MDEyMzQ1Njc4OWFiY2RlZg== retention=3650d\n"
+                              "f fourth send MDEyMzQ1Njc4OWFiY2RlZg== retention=1d\n",
+                              keys, err))
+        << err;
+    ASSERT_EQ(keys.size(), 6u);
+    // every key of a tenant gets the tenant's shortest
+    EXPECT_EQ(apikeys_find(keys, "a")->retention_days, 7u);
+    EXPECT_EQ(apikeys_find(keys, "b")->retention_days, 7u);
+    EXPECT_EQ(apikeys_find(keys, "c")->retention_days, 7u);
+    EXPECT_EQ(apikeys_find(keys, "d")->retention_days, 0u);  // kept for ever
+    EXPECT_EQ(apikeys_find(keys, "e")->retention_days, 3650u);
+    EXPECT_EQ(apikeys_find(keys, "f")->retention_days, 1u);
+    const char *bad[] = {"retention=0d", "retention=3651d", "retention=30", "retention=d", "retention=30h",
+                         "retention=-1d", "retention=", "retention=1.5d", "retention=30dd"};
+    for (const char *opt : bad) {
+        EXPECT_FALSE(apikeys_parse(std::string("k1 acme send MDEyMzQ1Njc4OWFiY2RlZg== ") + opt + "\n", keys, err))
+            << opt;
+        EXPECT_NE(err.find("retention must be Nd"), std::string::npos) << err;
+    }
+}

@@ -1,5 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
 #include "base64.h"
 #include "crypto.h"
 
@@ -42,12 +47,13 @@ TEST(Envelope, SealOpenAndRotation) {
     Keyring new_ring = ring(key_line("index", 'i') + key_line("k1", 'a') + key_line("k2", 'b'));
     std::string aad = envelope_aad("tenant1", "msg_1"), env, out;
     ASSERT_TRUE(envelope_seal(old_ring, aad, "secret body", env));
-    EXPECT_EQ(env.rfind("k1.", 0), 0u);
+    EXPECT_EQ(envelope_key_id(env), "k1");
+    EXPECT_EQ(env.size(), 2 + 2 + 12 + std::string("secret body").size() + 16);  // version, key id, nonce, tag
     EXPECT_EQ(env.find("secret"), std::string::npos);
     ASSERT_TRUE(envelope_open(new_ring, aad, env, out));  // old records stay readable
     EXPECT_EQ(out, "secret body");
     ASSERT_TRUE(envelope_seal(new_ring, aad, "x", env));
-    EXPECT_EQ(env.rfind("k2.", 0), 0u);
+    EXPECT_EQ(envelope_key_id(env), "k2");
     EXPECT_FALSE(envelope_open(old_ring, aad, env, out));  // unknown key id
 }
 
@@ -60,8 +66,13 @@ TEST(Envelope, BindsTenantAndIdAndDetectsTampering) {
     std::string tampered = env;
     tampered[10] = tampered[10] == 'A' ? 'B' : 'A';
     EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), tampered, out));
-    EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), "k1.AAAA", out));
+    EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), env.substr(0, env.size() - 1), out));  // cut
+    EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), std::string("\x01\x02k1", 4), out));
     EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), "garbage", out));
+    EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), "", out));
+    std::string other_version = env;
+    other_version[0] = 2;
+    EXPECT_FALSE(envelope_open(r, envelope_aad("t1", "msg_1"), other_version, out));
 }
 
 TEST(Envelope, NoncesDiffer) {
@@ -103,4 +114,29 @@ TEST(MessageId, MonotonicWithinOneMillisecond) {
     }
     ASSERT_TRUE(message_id_new(1700000000400, id));  // clock stepped back
     EXPECT_LT(prev, id);
+}
+
+// The pooled CSPRNG output: a forked child (an nginx worker) never hands out
+// the bytes its parent will.
+TEST(Random, AForkedChildDrawsOtherBytes) {
+    unsigned char warm[8];
+    ASSERT_TRUE(mailapi::random_bytes(warm, sizeof warm));  // the parent's pool is full
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        unsigned char child[16];
+        bool ok = mailapi::random_bytes(child, sizeof child);
+        _exit(ok && write(fds[1], child, sizeof child) == sizeof child ? 0 : 1);
+    }
+    unsigned char parent[16], child[16];
+    ASSERT_TRUE(mailapi::random_bytes(parent, sizeof parent));
+    ASSERT_EQ(read(fds[0], child, sizeof child), static_cast<ssize_t>(sizeof child));
+    int status = 0;
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    close(fds[1]);
+    EXPECT_EQ(status, 0);
+    EXPECT_NE(std::memcmp(parent, child, sizeof parent), 0);
 }

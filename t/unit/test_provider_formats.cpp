@@ -93,6 +93,24 @@ TEST(SafeReason, AddressesAreReplaced) {
     EXPECT_EQ(safe_reason("x@@example.com, user@ alone, @handle, a @ b, o'brien@x.ie."),
               "<address>, <address> alone, <address>, a @ b, <address>.");
     EXPECT_EQ(safe_reason("no address here"), "no address here");
+    // what the message model accepts, as a relay echoes it back
+    EXPECT_EQ(safe_reason("550 5.1.1 <\"john smith\"@example.com>: Recipient address rejected"),
+              "550 5.1.1 <<address>>: Recipient address rejected");
+    EXPECT_EQ(safe_reason("550 <\"a\\\"b.c\"@example.com> unknown"), "550 <<address>> unknown");
+    EXPECT_EQ(safe_reason("550 <jane.doe@[192.0.2.7]> and <x@[IPv6:2001:db8::1]>: no"),
+              "550 <<address>> and <<address>>: no");
+}
+
+TEST(SafeReason, IsAlwaysValidUtf8) {
+    EXPECT_EQ(safe_reason("550 Zugriff f\xfcr Sie verweigert"), "550 Zugriff f?r Sie verweigert");  // Latin-1
+    EXPECT_EQ(safe_reason("bad \xc3 end"), "bad ? end");                    // a lead byte alone
+    EXPECT_EQ(safe_reason("over \xc0\xaf long"), "over ?? long");           // an overlong '/'
+    EXPECT_EQ(safe_reason("half \xed\xa0\x80 surrogate"), "half ??? surrogate");
+    EXPECT_EQ(safe_reason("ok gr\xc3\xbc\xc3\x9f \xf0\x9d\x84\x9e"), "ok gr\xc3\xbc\xc3\x9f \xf0\x9d\x84\x9e");
+    std::string cut(799, 'a');
+    cut += "\xc3\xa9";  // the first 800 bytes end inside a character
+    std::string r = safe_reason(cut);
+    EXPECT_EQ(r.find('\xc3'), std::string::npos);
 }
 
 TEST(SafeReason, ControlCharactersAndLength) {
@@ -197,14 +215,14 @@ TEST(Mailgun, Form) {
     EXPECT_EQ(all("from"), std::vector<std::string>{"\"Shop, Inc.\" <sender@example.com>"});
     std::vector<std::string> to = all("to");
     ASSERT_EQ(to.size(), 2u);
-    EXPECT_EQ(to[0], "\"Ann\" <ann@example.org>");
+    EXPECT_EQ(to[0], "Ann <ann@example.org>");
     EXPECT_EQ(to[1], "=?UTF-8?B?QmrDtnJuIMOWbHVuZA==?= <bob@example.net>");  // "Björn Ölund"
     EXPECT_EQ(all("cc"), std::vector<std::string>{"<cc@example.org>"});
     EXPECT_EQ(all("bcc"), std::vector<std::string>{"<bcc@example.org>"});
     EXPECT_EQ(all("subject"), std::vector<std::string>{"Grüße — your order"});  // Mailgun encodes it
     EXPECT_EQ(all("text"), std::vector<std::string>{"Hello\nthere"});
     EXPECT_EQ(all("html"), std::vector<std::string>{"<p>Hello</p>"});
-    EXPECT_EQ(all("h:Reply-To"), std::vector<std::string>{"\"Help\" <help@example.com>"});
+    EXPECT_EQ(all("h:Reply-To"), std::vector<std::string>{"Help <help@example.com>"});
     EXPECT_EQ(all("h:X-Campaign"), std::vector<std::string>{"spring"});
     EXPECT_EQ(all("h:X-Note"), std::vector<std::string>{"=?UTF-8?B?bmHDr3Zl?="});
     EXPECT_EQ(all("h:X-Mailapi-Id"), std::vector<std::string>{ID});
@@ -265,13 +283,13 @@ TEST(Postmark, Body) {
     json_t *o = b.get();
     expect_fields(o, {
         {"From", "\"Shop, Inc.\" <sender@example.com>"},
-        {"To", "\"Ann\" <ann@example.org>, =?UTF-8?B?QmrDtnJuIMOWbHVuZA==?= <bob@example.net>"},
+        {"To", "Ann <ann@example.org>, =?UTF-8?B?QmrDtnJuIMOWbHVuZA==?= <bob@example.net>"},
         {"Cc", "<cc@example.org>"},
         {"Bcc", "<bcc@example.org>"},
         {"Subject", "Grüße — your order"},
         {"TextBody", "Hello\nthere"},
         {"HtmlBody", "<p>Hello</p>"},
-        {"ReplyTo", "\"Help\" <help@example.com>"},
+        {"ReplyTo", "Help <help@example.com>"},
     });
     ASSERT_EQ(count(o, "Headers"), 3u);
     expect_fields(o, {
@@ -346,7 +364,7 @@ TEST(Ses, Body) {
         {"Destination.ToAddresses.1", "=?UTF-8?B?QmrDtnJuIMOWbHVuZA==?= <bob@example.net>"},
         {"Destination.CcAddresses.0", "<cc@example.org>"},
         {"Destination.BccAddresses.0", "<bcc@example.org>"},
-        {"ReplyToAddresses.0", "\"Help\" <help@example.com>"},
+        {"ReplyToAddresses.0", "Help <help@example.com>"},
         {"Content.Simple.Subject.Data", "Grüße — your order"},
         {"Content.Simple.Subject.Charset", "UTF-8"},
         {"Content.Simple.Body.Text.Data", "Hello\nthere"},

@@ -106,6 +106,13 @@ TEST(Config, RestartOnlySettingsAreNamed) {
     EXPECT_EQ(config_restart_needed(a, b), "redis, stream");
 }
 
+TEST(Config, AllowingPrivateWebhookAddressesIsNotReloaded) {
+    // the webhooks' kept-alive connections to private addresses would outlive it
+    Config a, b;
+    b.webhook_allow_private = 1;
+    EXPECT_EQ(config_restart_needed(a, b), "webhook_allow_private");
+}
+
 TEST(WeightedOrder, FollowsTheWeights) {
     std::mt19937_64 rng(42);
     int first[3] = {0, 0, 0};

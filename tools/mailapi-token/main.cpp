@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!sc) {
-        std::fprintf(stderr, "mailapi-token: --scopes must be send, read or send+read\n");
+        std::fprintf(stderr, "mailapi-token: --scopes must be send, read, webhooks, erase or several joined by + (send+read)\n");
         return 2;
     }
     if (ttl <= 0) {
