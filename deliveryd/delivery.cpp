@@ -674,6 +674,9 @@ void Delivery::partly_taken(JobPtr job) {
     for (size_t i : job->taken_now) {
         event(job, contract::event_id_recipient(job->entry.gen, job->entry.attempt, i, 's'),
               contract::event::RECIPIENT_SENT, job->last_provider, job->last_code, "", static_cast<int>(i));
+        // when the provider took it, as the message's own sent event says:
+        // stamped later, it would sort after the sent that ends the timeline
+        if (job->last_at) job->rec->events.back().at_ms = job->last_at;
     }
 }
 

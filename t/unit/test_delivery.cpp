@@ -507,6 +507,22 @@ TEST_F(DeliveryTest, ATakeoverRecordsWhomTheMarkerNamesAndSendsToTheRest) {
     EXPECT_EQ(queue.steps.back(), "ack");
 }
 
+// A recipient's sent event is stamped when the provider took it, as the
+// message's sent event is: stamped when it was written, it could sort after
+// the sent that ends the timeline.
+TEST_F(DeliveryTest, ARecipientSentEventCarriesWhenTheProviderTookIt) {
+    auto *p = new FakeProvider("mx");
+    p->script.push_back(outcome(SendResult::transient, 451));
+    providers({p});
+    queue.marker = "0 sg 202 1795000000000 0,2";
+    delivery->handle(three(), true);
+    const RecordWrite &w = store.writes.at(0);
+    EXPECT_EQ(types(w), (std::vector<std::string>{"queued", "recipient_sent 0", "recipient_sent 2",
+                                                  "recipient_deferred 1", "deferred"}));
+    EXPECT_EQ(w.events.at(1).at_ms, 1795000000000);
+    EXPECT_EQ(w.events.at(2).at_ms, 1795000000000);
+}
+
 TEST_F(DeliveryTest, GivingUpAfterSomeWereSentDeadLettersTheRest) {
     auto *p = new FakeProvider("mx");
     p->script.push_back(outcome(SendResult::transient, 451));
