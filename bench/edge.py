@@ -10,9 +10,11 @@ of the per-pair ratios and their spread. Every answer that is not a 2xx and
 every socket error is counted; a run with any is invalid (exit 1). The CPU
 each process used per request (nginx's worker, redis-server, wrk itself)
 says where the time goes; on two cores shared by all three it also bounds
-what a ratio can be. Then: latency at half the maximum send rate, Redis's own
-ceiling for the send script (redis-benchmark, pipelined), and the worker's
-RSS over BENCH_MEMORY_REQUESTS sends.
+what a ratio can be. Then: latency at half the maximum send rate (and, for
+comparison, with the AOF fsynced once a second), the disk's own fsync latency
+(the floor under a durable 202), Redis's own ceiling for the send script
+(redis-benchmark, pipelined), and the worker's RSS over BENCH_MEMORY_REQUESTS
+sends.
 
 usage: bench/edge.py [seconds per case, default 5]
 env:   BENCH_PAIRS (5), BENCH_MEMORY_REQUESTS (1000000; 0 skips),
@@ -41,7 +43,8 @@ PAIRS = int(os.environ.get("BENCH_PAIRS", "5"))
 CONNECTIONS = 32
 MANY = 256
 # The two protocols, then the two cases that show where the limit is.
-CASES = ("plain", "TLS", f"plain, {MANY} connections", "plain, appendfsync everysec (not durable)")
+UNIX = "plain, nginx to Redis over a Unix socket"
+CASES = ("plain", "TLS", f"plain, {MANY} connections", "plain, appendfsync everysec (not durable)", UNIX)
 MEMORY_REQUESTS = int(os.environ.get("BENCH_MEMORY_REQUESTS", "1000000"))
 PERF_DIR = os.environ.get("BENCH_PERF", "")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -160,12 +163,19 @@ def main():
     s = stackmod.Stack(d)
     key = s.add_key("bench", "bench", "send")
     invalid = []
+    su = None
     try:
         print(f"==> starting redis, FerretDB and nginx (1 worker, plain and TLS listeners) in {d}", flush=True)
-        s.start_redis()
+        s.start_redis(unix=True)
         s.start_ferretdb()
         tls_port = stackmod.free_port()
         nginx = s.start_nginx(workers=1, log_level="warn", tls_port=tls_port, access_log=False)
+        # The same server in a second nginx whose worker reaches the same
+        # Redis over its Unix socket (one host: no TCP between them).
+        su = stackmod.Stack(os.path.join(d, "unix"))
+        su.redis, su.mongo = s.redis, s.mongo
+        ukey = su.add_key("bench", "bench", "send")
+        unginx = su.start_nginx(workers=1, log_level="warn", access_log=False, redis=f"unix:{s.redis.unix}")
         r = redislib.Redis(port=s.redis.port)
         redis_pid = int(r.info("server")["process_id"])
         text = "x" * 700
@@ -176,21 +186,29 @@ def main():
         script = os.path.join(d, "post.lua")
         with open(script, "w") as f:
             f.write(POST.format(body=json.dumps(body), token=key.token(ttl=86400)))
+        uscript = os.path.join(d, "post-unix.lua")
+        with open(uscript, "w") as f:
+            f.write(POST.format(body=json.dumps(body), token=ukey.token(ttl=86400)))
         worker = int(subprocess.run(["pgrep", "-P", str(nginx.popen.pid)], capture_output=True,
                                     text=True).stdout.split()[0])
+        uworker = int(subprocess.run(["pgrep", "-P", str(unginx.popen.pid)], capture_output=True,
+                                     text=True).stdout.split()[0])
         pids = {"nginx": worker, "redis": redis_pid}
+        upids = {"nginx": uworker, "redis": redis_pid}
+        uurl = f"http://127.0.0.1:{unginx.port}"
         urls = {"plain": f"http://127.0.0.1:{nginx.port}", "TLS": f"https://127.0.0.1:{tls_port}"}
 
         # warm-up: connections, the script loaded, the allocator's arenas
         for u in urls.values():
             wrk(u + "/v1/messages", script, 2, pids)
+        wrk(uurl + "/v1/messages", uscript, 2, upids)
         empty_redis(r)
 
         print(f"==> {PAIRS} pairs x 2 protocols, {SECONDS}s per case, wrk 1 thread {CONNECTIONS} connections, "
               f"body {len(body)} bytes", flush=True)
         runs = {(proto, case): [] for proto in CASES for case in ("baseline", "send")}
 
-        def send_case(label, base, pids, connections=CONNECTIONS, profile=""):
+        def send_case(label, base, pids, connections=CONNECTIONS, profile="", script=script):
             execs = exec_calls(r)
             m = wrk(base + "/v1/messages", script, SECONDS, pids, connections=connections, profile=profile)
             m.per_exec = r.xlen(STREAM) / max(1, exec_calls(r) - execs)
@@ -224,9 +242,13 @@ def main():
                 r.config_set("appendfsync", "always")
             runs[(lazy, "baseline")].append(runs[("plain", "baseline")][-1])
             runs[(lazy, "send")].append(m2)
+            m3 = send_case(UNIX, uurl, upids, script=uscript)
+            runs[(UNIX, "baseline")].append(runs[("plain", "baseline")][-1])
+            runs[(UNIX, "send")].append(m3)
             print(f"    pair {i + 1} {MANY} connections: return 202 {b.rps:9,.0f}/s   send {m.rps:9,.0f}/s   "
                   f"ratio {m.rps / b.rps:.2f}   sends per EXEC {m.per_exec:.1f};   appendfsync everysec: "
-                  f"send {m2.rps:,.0f}/s   non-2xx/errors {b.bad + m.bad + m2.bad}", flush=True)
+                  f"send {m2.rps:,.0f}/s;   Unix socket: send {m3.rps:,.0f}/s   "
+                  f"non-2xx/errors {b.bad + m.bad + m2.bad + m3.bad}", flush=True)
         for (proto, case), rs in runs.items():
             bad = sum(x.bad for x in rs)
             if bad:
@@ -249,6 +271,22 @@ def main():
             if res.bad:
                 invalid.append(f"{proto} paced: {res.bad} non-2xx answers or socket errors")
             paced[proto] = (target, res)
+            if proto == "plain":
+                # The same pace with the AOF fsynced once a second: what of
+                # the latency is the disk's (comparison only, not durable).
+                r.config_set("appendfsync", "everysec")
+                try:
+                    res = wrk(base + "/v1/messages", pscript, max(SECONDS, 10), pids, connections=conns)
+                finally:
+                    r.config_set("appendfsync", "always")
+                check_queued(r, res, "plain paced, everysec")
+                empty_redis(r)
+                if res.bad:
+                    invalid.append(f"plain paced, everysec: {res.bad} non-2xx answers or socket errors")
+                paced["plain, appendfsync everysec (not durable)"] = (target, res)
+        # The floor under any durable 202: one fsync of Redis's AOF disk,
+        # nothing else running.
+        fsync = fsync_latency(s.dir)
 
         # Redis alone: the send script from redis-benchmark, pipelined (no
         # nginx), with a message of the size the sends above sealed.
@@ -275,8 +313,10 @@ def main():
             if mem[0].bad:
                 invalid.append(f"memory: {mem[0].bad} non-2xx answers or socket errors")
 
-        report(runs, paced, redis_alone, redis_alone_cpu / n * 1e6, mem)
+        report(runs, paced, fsync, redis_alone, redis_alone_cpu / n * 1e6, mem)
     finally:
+        if su:
+            su.stop_all()
         s.stop_all()
         shutil.rmtree(d, ignore_errors=True)
     if invalid:
@@ -324,7 +364,27 @@ def memory(r, base, script, pids, worker, rate):
     return res, rss0, rss1
 
 
-def report(runs, paced, redis_alone, redis_alone_us, mem):
+def fsync_latency(directory, n=3000, size=1300):
+    """Milliseconds one append + fsync takes on the disk Redis's AOF is on,
+    as Redis does per EXEC under appendfsync always: p50, p99, max."""
+    print(f"==> the disk alone: {n:,} appends of {size} bytes, each fsynced, in {directory}", flush=True)
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    took = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, b"x" * size)
+            os.fsync(fd)
+            took.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    took.sort()
+    return took[n // 2], took[n * 99 // 100], took[-1]
+
+
+def report(runs, paced, fsync, redis_alone, redis_alone_us, mem):
     print()
     print(f"| case | req/s (median of {PAIRS}) | p50 ms | p99 ms | non-2xx + errors | send / return 202 "
           f"(median) | spread (min-max) |")
@@ -334,7 +394,7 @@ def report(runs, paced, redis_alone, redis_alone_us, mem):
         ratios = [m.rps / b.rps for b, m in zip(bs, ms)]
         med, lo, hi = median_spread(ratios)
         for name, rs in ((f"return 202, {proto}", bs), (f"POST /v1/messages, {proto}", ms)):
-            if rs is bs and proto == CASES[3]:
+            if rs is bs and proto in CASES[3:]:
                 continue  # the plain baseline
             rps = statistics.median(x.rps for x in rs)
             p50 = statistics.median(x.p50 for x in rs)
@@ -348,7 +408,7 @@ def report(runs, paced, redis_alone, redis_alone_us, mem):
     print("|---|---:|---:|---:|---:|---:|---:|")
     for proto in CASES:
         for case, name in (("baseline", "return 202"), ("send", "POST /v1/messages")):
-            if case == "baseline" and proto == CASES[3]:
+            if case == "baseline" and proto in CASES[3:]:
                 continue
             rs = runs[(proto, case)]
             per = {w: statistics.median(x.us_per_request(w) for x in rs) for w in ("nginx", "redis", "wrk")}
@@ -362,6 +422,10 @@ def report(runs, paced, redis_alone, redis_alone_us, mem):
     for proto, (target, res) in paced.items():
         print(f"| POST /v1/messages, {proto} | {target:,.0f} | {res.rps:,.0f} | {res.p50:.2f} | {res.p99:.2f} | "
               f"{res.bad} |")
+    print()
+    print("| the disk alone: append + fsync, as each EXEC does | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|")
+    print(f"| Redis's AOF directory | {fsync[0]:.2f} | {fsync[1]:.2f} | {fsync[2]:.2f} |")
     print()
     print("| Redis alone (redis-benchmark, send script, pipeline 32) | scripts/s | redis CPU µs per script |")
     print("|---|---:|---:|")

@@ -199,8 +199,11 @@ class Stack:
                 raise RuntimeError(f"{e}; log {log}:\n{proc.log_tail()}") from None
         return proc
 
-    def start_redis(self, port=None):
+    def start_redis(self, port=None, unix=False):
+        """unix: a Unix socket beside the TCP port (<dir>/redis.sock, in
+        self.redis.unix), for an nginx on the same host."""
         port = port or free_port()
+        sock = ["--unixsocket", os.path.join(self.dir, "redis.sock"), "--unixsocketperm", "700"] if unix else []
         # rdbcompression off: the tests read the dump to prove nothing is plaintext
         # appendonly, appendfsync always, noeviction: conf/redis.conf, what the
         # project ships: an acknowledged send is on disk before the 202
@@ -209,7 +212,8 @@ class Stack:
                                           "--appendfsync", os.environ.get("MAILAPI_APPENDFSYNC", "always"),
                                           "--maxmemory-policy", "noeviction",
                                           "--rdbcompression", "no", "--dir", self.dir,
-                                          "--dbfilename", "redis-dump.rdb"], port)
+                                          "--dbfilename", "redis-dump.rdb"] + sock, port)
+        self.redis.unix = sock[1] if sock else None
         return self.redis
 
     def pg_user(self):
@@ -503,9 +507,10 @@ http {{
 
     def render_nginx(self, port, tls=False, workers=1, extra_http="", redis_timeout="2s",
                      client_max_body_size="16m", client_body_buffer_size="1m", log_level="info", name="nginx",
-                     tls_port=None, access_log=True):
+                     tls_port=None, access_log=True, redis=None):
         """tls: the one listener is TLS; tls_port: a second, TLS, listener
-        next to the plain one (the benchmark's same-nginx TLS case)."""
+        next to the plain one (the benchmark's same-nginx TLS case); redis:
+        mail_api_redis (default: this stack's Redis over TCP)."""
         tls_lines, listen_tls = "", ""
         if tls_port:
             listen_tls = f"        listen 127.0.0.1:{tls_port} ssl;\n"
@@ -518,7 +523,7 @@ http {{
         text = template.format(
             module=MODULE, workers=workers, dir=self.dir, log_level=log_level,
             user="user root;" if os.geteuid() == 0 else "",
-            redis=f"127.0.0.1:{self.redis.port}", mongodb=self.mongodb_uri, port=port,
+            redis=redis or f"127.0.0.1:{self.redis.port}", mongodb=self.mongodb_uri, port=port,
             ssl=" ssl" if tls else "", tls=tls_lines, listen_tls=listen_tls, extra_http=extra_http,
             redis_timeout=redis_timeout,
             access_log=os.path.join(self.dir, "nginx-access.log") if access_log else "off",
