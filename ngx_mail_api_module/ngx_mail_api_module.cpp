@@ -18,6 +18,7 @@
 #include "ngx_mail_api.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <malloc.h>
 #include <mongoc/mongoc.h>
 #include <openssl/crypto.h>
@@ -410,9 +411,31 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
     return ngx_mail_api_redis_init(cycle, mcf);
 }
 
+// Threads of this process other than the one calling.
+int other_threads() noexcept {
+    DIR *d = opendir("/proc/self/task");
+    if (d == nullptr) return 0;
+    int n = -1;
+    while (struct dirent *e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+// nginx's thread pools were stopped just before this (their module's
+// exit_process runs first), but a pool thread lets the worker go on as soon
+// as it starts to stop: pthread_exit then still runs its thread-local
+// destructors, OpenSSL's among them. Freeing the store's clients and
+// mongoc's state here, and OpenSSL's at exit(), under such a thread is a
+// double free (ASan saw one after a stalled store's reads); so wait, at most
+// a second, until the worker has no other thread.
+void wait_for_threads_to_end() noexcept {
+    for (int i = 0; i < 1000 && other_threads() > 0; i++) ngx_msleep(1);
+}
+
 void exit_process(ngx_cycle_t *cycle) noexcept {
     ngx_mail_api_main_conf_t *mcf = cycle_main_conf(cycle);
     if (mcf == nullptr || !mcf->enabled) return;
+    wait_for_threads_to_end();
     ngx_mail_api_redis_exit();
     ngx_mail_api_store_exit();
 }
