@@ -358,6 +358,16 @@ def test_an_instance_stopped_past_its_lease_does_not_fail_over_to_send_what_was_
         hole.close()
 
 
+def relay_connections(port):
+    """Established TCP connections to a local server's port (/proc/net/tcp)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            n += state == "01" and int(local.split(":")[1], 16) == port
+    return n
+
+
 def wait_owned(r, ids, timeout=10):
     """The consumer that took all of `ids` (its lease on each)."""
     deadline = time.time() + timeout
@@ -606,6 +616,13 @@ def test_a_sent_marker_that_redis_was_down_for_is_written_once_it_is_back(own):
     a = s.start_deliveryd(claim_idle="4", send_timeout="3")
     ids = [api.send(message(rcpt_with("slow2")), token).json()["id"] for _ in range(3)]  # 2 s at DATA
     wait_owned(r, ids)
+    # Redis goes only once the sends are at the relay: under ASan and load
+    # all three were once still before their connection (whence a send must
+    # renew its lease first) when it went, and the relay got none.
+    deadline = time.time() + 10
+    while relay_connections(s.smtp.port) < 2:
+        assert time.time() < deadline, "deliveryd did not connect to the relay"
+        time.sleep(0.02)
     port = s.redis.port
     os.kill(s.mongo.popen.pid, signal.SIGSTOP)  # no record can be written
     try:
