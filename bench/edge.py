@@ -47,6 +47,7 @@ UNIX = "plain, nginx to Redis over a Unix socket"
 CASES = ("plain", "TLS", f"plain, {MANY} connections", "plain, appendfsync everysec (not durable)", UNIX)
 MEMORY_REQUESTS = int(os.environ.get("BENCH_MEMORY_REQUESTS", "1000000"))
 PERF_DIR = os.environ.get("BENCH_PERF", "")
+DELAYACCT = False  # set in main()
 TICK = os.sysconf("SC_CLK_TCK")
 STREAM = "mailapi:messages"
 
@@ -70,6 +71,34 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_s(pid):
+    """The main thread's time, in seconds: on a core, waiting for a core
+    (its run queue: the cores are shared) and waiting for block I/O (an
+    fsync; counted only with kernel.task_delayacct=1, else None)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        run_ns, runq_ns = (int(x) for x in f.read().split()[:2])
+    blkio = None
+    if DELAYACCT:
+        with open(f"/proc/{pid}/stat") as f:
+            blkio = int(f.read().rsplit(")", 1)[1].split()[39]) / TICK
+    return {"run": run_ns / 1e9, "runq": runq_ns / 1e9, "disk": blkio}
+
+
+def delayacct_on():
+    """Block I/O delay accounting, so the disk's share of Redis's time can
+    be read; as root it is switched on for the run. Returns how to restore."""
+    path = "/proc/sys/kernel/task_delayacct"
+    try:
+        with open(path) as f:
+            before = f.read().strip()
+        if before != "1":
+            with open(path, "w") as f:
+                f.write("1")
+        return before
+    except OSError:
+        return None
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
@@ -84,6 +113,7 @@ class Result:
         sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
         self.bad = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
         self.cpu = dict(cpu, wrk=wrk_cpu)  # seconds
+        self.threads = {}  # {who: thread_s() deltas and the wall time}
 
     def us_per_request(self, who):
         return self.cpu[who] / max(1, self.requests) * 1e6
@@ -108,6 +138,7 @@ def wrk(url, script, seconds, pids, connections=CONNECTIONS, profile=""):
             print(f"    perf: {who} -> perf report -i {out} --no-children", flush=True)
         time.sleep(0.5)
     before = {k: cpu_s(p) for k, p in pids.items()}
+    th0, wall0 = {k: thread_s(p) for k, p in pids.items()}, time.monotonic()
     proc = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
@@ -116,10 +147,17 @@ def wrk(url, script, seconds, pids, connections=CONNECTIONS, profile=""):
     if proc.returncode != 0:
         sys.exit(f"bench: wrk failed ({proc.returncode}):\n{out}")
     cpu = {k: cpu_s(p) - before[k] for k, p in pids.items()}
+    threads = {}
+    for who, p in pids.items():
+        t0, t1 = th0[who], thread_s(p)
+        threads[who] = {k: (t1[k] - t0[k] if t0[k] is not None else None) for k in t0}
+        threads[who]["wall"] = time.monotonic() - wall0
     for p in perfs:
         p.send_signal(2)
         p.wait()
-    return Result(out, usage.ru_utime + usage.ru_stime, cpu)
+    res = Result(out, usage.ru_utime + usage.ru_stime, cpu)
+    res.threads = threads
+    return res
 
 
 def enqueue_script():
@@ -159,6 +197,12 @@ def main():
     for tool in ("wrk", "redis-benchmark"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing: run ./build.sh deps")
+    global DELAYACCT
+    restore = delayacct_on()
+    DELAYACCT = restore is not None
+    if not DELAYACCT:
+        print("==> kernel.task_delayacct is off and cannot be set (not root?): Redis's disk wait is not shown",
+              flush=True)
     d = tempfile.mkdtemp(prefix="mailapi-bench-")
     s = stackmod.Stack(d)
     key = s.add_key("bench", "bench", "send")
@@ -288,23 +332,8 @@ def main():
         # nothing else running.
         fsync = fsync_latency(s.dir)
 
-        # Redis alone: the send script from redis-benchmark, pipelined (no
-        # nginx), with a message of the size the sends above sealed.
-        sha = r.script_load(enqueue_script())
-        envelope = "e" * (len(body) + 60)
-        n = 300000
-        args = ["EVALSHA", sha, "5", STREAM, f"{STREAM}:msg___rand_int__", "", "rl:none", "q:none",
-                "1", "msg___rand_int__", "bench", "1", "0", envelope, "", "0", "0", "0", "0", "0", "0", "k"]
-        print(f"==> Redis alone: {n:,} send scripts from redis-benchmark (4 connections, pipeline 32)", flush=True)
-        before = cpu_s(redis_pid)
-        out = subprocess.run(["redis-benchmark", "-p", str(s.redis.port), "-n", str(n), "-c", "4", "-P", "32",
-                              "-r", "100000000", "-q"] + args, capture_output=True, text=True).stdout
-        redis_alone_cpu = cpu_s(redis_pid) - before
-        m_alone = re.search(r"([\d.]+) requests per second", out.replace(",", ""))
-        redis_alone = float(m_alone.group(1)) if m_alone else float("nan")
-        if r.xlen(STREAM) < n * 0.99:
-            invalid.append(f"redis-benchmark: {r.xlen(STREAM)} entries of {n} (the script failed: {out[-300:]})")
-        empty_redis(r)
+        # Redis alone (no nginx): what its one thread can take, per message.
+        alone = redis_alone(r, redis_pid, s.redis.port, len(body) + 60, invalid)
 
         mem = None
         if MEMORY_REQUESTS:
@@ -313,15 +342,80 @@ def main():
             if mem[0].bad:
                 invalid.append(f"memory: {mem[0].bad} non-2xx answers or socket errors")
 
-        report(runs, paced, fsync, redis_alone, redis_alone_cpu / n * 1e6, mem)
+        report(runs, paced, fsync, alone, mem)
     finally:
         if su:
             su.stop_all()
         s.stop_all()
         shutil.rmtree(d, ignore_errors=True)
+        if restore not in (None, "1"):
+            with open("/proc/sys/kernel/task_delayacct", "w") as f:
+                f.write(restore)
     if invalid:
         print("\nINVALID RUN (discard these figures):\n  " + "\n  ".join(invalid))
         sys.exit(1)
+
+
+def redis_busy(r, redis_pid, run):
+    """Runs run() against Redis; returns Redis's process CPU and its main
+    thread's busy time (on a core + waiting for the disk), in seconds."""
+    c0, t0 = cpu_s(redis_pid), thread_s(redis_pid)
+    run()
+    c1, t1 = cpu_s(redis_pid), thread_s(redis_pid)
+    disk = t1["disk"] - t0["disk"] if DELAYACCT else float("nan")
+    return c1 - c0, t1["run"] - t0["run"] + disk
+
+
+def redis_alone(r, redis_pid, port, envelope_len, invalid):
+    """Redis's own ceiling, no nginx: per message, its CPU and its main
+    thread's busy time (a core or the disk), and the rate that thread could
+    take if it were never idle. Rows: a bare XADD of the envelope's size
+    (the least a queued message can cost), the plain path as the module
+    sends it (MULTI, B x HSET + XADD, EXEC; one connection, one transaction
+    at a time, so each EXEC has its own fsync, as at 32 connections), and
+    the send script."""
+    rows = []
+    envelope = "e" * envelope_len
+
+    def bench(name, n, args):
+        print(f"==> Redis alone: {name} ({n:,}, redis-benchmark, 4 connections, pipeline 32)", flush=True)
+        out = []
+
+        def run():
+            out.append(subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "4", "-P", "32",
+                                       "-r", "100000000", "-q"] + args, capture_output=True, text=True).stdout)
+        cpu, busy = redis_busy(r, redis_pid, run)
+        if r.xlen(STREAM) < n * 0.99:
+            invalid.append(f"redis-benchmark {name}: {r.xlen(STREAM)} entries of {n} ({out[0][-300:]})")
+        rows.append((name, n, cpu, busy))
+        empty_redis(r)
+
+    bench("XADD, one field of the envelope's size", 300000, ["XADD", STREAM, "*", "env", envelope])
+    for per_exec in (10, 80):
+        name = f"HSET + XADD, {per_exec} per MULTI/EXEC (the plain path)"
+        n = 40000 if DELAYACCT else 20000
+        print(f"==> Redis alone: {name} ({n:,}, one connection, one transaction at a time)", flush=True)
+        c = redislib.Redis(port=port)
+
+        def run():
+            for t in range(n // per_exec):
+                pl = c.pipeline(transaction=True)
+                for j in range(per_exec):
+                    mid = f"bench{t}x{j}"
+                    pl.hset(f"{STREAM}:{mid}", mapping={"tenant": "bench", "created": "1764800000000", "send_at": "0",
+                                                         "env": envelope, "rk": "r1:" + "a" * 32})
+                    pl.xadd(STREAM, {"id": mid, "tenant": "bench", "created": "1764800000000", "send_at": "0",
+                                     "attempt": "0", "gen": "0", "size": str(envelope_len)})
+                pl.execute()
+        cpu, busy = redis_busy(r, redis_pid, run)
+        rows.append((name, n, cpu, busy))
+        c.close()
+        empty_redis(r)
+    sha = r.script_load(enqueue_script())
+    bench("ENQUEUE_LUA, the send script", 300000,
+          ["EVALSHA", sha, "5", STREAM, f"{STREAM}:msg___rand_int__", "", "rl:none", "q:none",
+           "1", "msg___rand_int__", "bench", "1", "0", envelope, "", "0", "0", "0", "0", "0", "0", "k"])
+    return rows
 
 
 # KEYS: stream, hash prefix. Takes up to 20000 of the oldest entries and
@@ -384,7 +478,62 @@ def fsync_latency(directory, n=3000, size=1300):
     return took[n // 2], took[n * 99 // 100], took[-1]
 
 
-def report(runs, paced, fsync, redis_alone, redis_alone_us, mem):
+def limits(runs):
+    """Where each send case's limit is: Redis's one thread (its share of the
+    wall time on a core, waiting for the disk, waiting for a core), and
+    what 0.5 of the baseline would leave nginx on two shared cores."""
+    print()
+    print("| share of the time during the send (median) | sends/s | Redis on a core | Redis waiting for the disk | "
+          "Redis waiting for a core | Redis idle | Redis's ceiling, sends/s | nginx worker on a core | "
+          "nginx waiting for a core | nginx's ceiling, sends/s | 2 cores / all three |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    pct = (lambda v: f"{v * 100:.0f}%" if v == v else "n/a")
+    def share(x, who, k):
+        v = x.threads[who][k]
+        return v / x.threads[who]["wall"] if v is not None else float("nan")
+
+    for proto in CASES[:3]:
+        # The baseline: is one worker the bound (on a core nearly all the time)?
+        rs = runs[(proto, "baseline")]
+        nrun, nrunq = (statistics.median(share(x, "nginx", k) for x in rs) for k in ("run", "runq"))
+        nceil = statistics.median(x.requests / x.threads["nginx"]["run"] for x in rs)
+        total = statistics.median(sum(x.us_per_request(w) for w in ("nginx", "redis", "wrk")) for x in rs)
+        print(f"| return 202, {proto} | {statistics.median(x.rps for x in rs):,.0f} | | | | | | {pct(nrun)} | "
+              f"{pct(nrunq)} | {nceil:,.0f} | {2e6 / total:,.0f} |")
+    for proto in CASES:
+        rs = [x for x in runs[(proto, "send")] if "redis" in x.threads]
+        if not rs:
+            continue
+
+        run, disk, runq = (statistics.median(share(x, "redis", k) for x in rs) for k in ("run", "disk", "runq"))
+        idle = 1 - run - disk - runq if disk == disk else float("nan")
+        nrun, nrunq = (statistics.median(share(x, "nginx", k) for x in rs) for k in ("run", "runq"))
+        # Sends per second of a thread's busy time (a core, or for Redis
+        # the disk too): what it could take at this batch size if it were
+        # never idle nor waiting for a core.
+        rceil = statistics.median(x.requests / (x.threads["redis"]["run"] + (x.threads["redis"]["disk"] or 0))
+                                  for x in rs)
+        nceil = statistics.median(x.requests / x.threads["nginx"]["run"] for x in rs)
+        total = statistics.median(sum(x.us_per_request(w) for w in ("nginx", "redis", "wrk")) for x in rs)
+        print(f"| POST /v1/messages, {proto} | {statistics.median(x.rps for x in rs):,.0f} | {pct(run)} | {pct(disk)} | {pct(runq)} | "
+              f"{pct(idle)} | {rceil:,.0f}{'' if disk == disk else ' (CPU only)'} | {pct(nrun)} | {pct(nrunq)} | "
+              f"{nceil:,.0f} | {2e6 / total:,.0f} |")
+    print()
+    print("| what 0.5 of return 202 leaves nginx (2 cores shared), µs per send | return 202/s | half | "
+          "budget, all three | wrk + Redis (measured) | left for nginx | nginx now | nginx's return 202 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for proto in ("plain", "TLS", CASES[2]):
+        bs, ms = runs[(proto, "baseline")], runs[(proto, "send")]
+        base = statistics.median(x.rps for x in bs)
+        budget = 2e6 / (base / 2)
+        others = statistics.median(x.us_per_request("wrk") + x.us_per_request("redis") for x in ms)
+        nginx = statistics.median(x.us_per_request("nginx") for x in ms)
+        nginx202 = statistics.median(x.us_per_request("nginx") for x in bs)
+        print(f"| {proto} | {base:,.0f} | {base / 2:,.0f} | {budget:.1f} | {others:.1f} | {budget - others:.1f} | "
+              f"{nginx:.1f} | {nginx202:.1f} |")
+
+
+def report(runs, paced, fsync, alone, mem):
     print()
     print(f"| case | req/s (median of {PAIRS}) | p50 ms | p99 ms | non-2xx + errors | send / return 202 "
           f"(median) | spread (min-max) |")
@@ -427,9 +576,13 @@ def report(runs, paced, fsync, redis_alone, redis_alone_us, mem):
     print("|---|---:|---:|---:|")
     print(f"| Redis's AOF directory | {fsync[0]:.2f} | {fsync[1]:.2f} | {fsync[2]:.2f} |")
     print()
-    print("| Redis alone (redis-benchmark, send script, pipeline 32) | scripts/s | redis CPU µs per script |")
-    print("|---|---:|---:|")
-    print(f"| ENQUEUE_LUA, 1 KiB message | {redis_alone:,.0f} | {redis_alone_us:.1f} |")
+    print("| Redis alone (no nginx), per message | messages | redis CPU µs | main thread busy µs (core + disk) | "
+          "ceiling of that thread, /s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, cpu, busy in alone:
+        ceiling = f"{n / busy:,.0f}" if busy == busy and busy > 0 else "n/a"
+        print(f"| {name} | {n:,} | {cpu / n * 1e6:.1f} | {busy / n * 1e6:.1f} | {ceiling} |")
+    limits(runs)
     if mem:
         res, rss0, rss1 = mem
         print()
