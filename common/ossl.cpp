@@ -1,8 +1,10 @@
 #include "ossl.h"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/params.h>
 
+#include <cstring>
 #include <memory>
 
 namespace mailapi {
@@ -16,17 +18,67 @@ struct MacCtxFree {
     void operator()(EVP_MAC_CTX *c) const { EVP_MAC_CTX_free(c); }
 };
 
-EVP_MAC_CTX *hmac_ctx() {
+EVP_MAC_CTX *hmac_ctx_new() {
     static EVP_MAC *mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-    thread_local std::unique_ptr<EVP_MAC_CTX, MacCtxFree> ctx;
-    if (!ctx && mac) {
-        ctx.reset(EVP_MAC_CTX_new(mac));
-        char digest[] = "SHA256";
-        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                               OSSL_PARAM_construct_end()};
-        if (ctx && EVP_MAC_CTX_set_params(ctx.get(), params) != 1) ctx.reset();
+    if (mac == nullptr) return nullptr;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(mac);
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    if (ctx && EVP_MAC_CTX_set_params(ctx, params) != 1) {
+        EVP_MAC_CTX_free(ctx);
+        return nullptr;
     }
-    return ctx.get();
+    return ctx;
+}
+
+// A few keyed HMAC contexts per thread. Setting a key (hashing both pads,
+// OpenSSL's parameter handling) costs more than the MAC of a short input,
+// and a send uses the same few keys again and again (its API key's secret,
+// the index key): a key seen before reuses its context, re-initialised
+// without a key, which keeps the key set before. Keys are compared in
+// constant time; a miss takes the next slot in turn; a key longer than a
+// slot is set on every call.
+constexpr size_t HMAC_SLOTS = 8;
+constexpr size_t HMAC_SLOT_KEY = 64;
+
+struct HmacSlot {
+    std::unique_ptr<EVP_MAC_CTX, MacCtxFree> ctx;
+    unsigned char key[HMAC_SLOT_KEY];
+    size_t len = 0;  // 0: empty
+    ~HmacSlot() { OPENSSL_cleanse(key, sizeof key); }
+};
+
+struct HmacSlots {
+    HmacSlot slot[HMAC_SLOTS];
+    size_t next = 0;
+    std::unique_ptr<EVP_MAC_CTX, MacCtxFree> uncached;
+};
+
+// A context keyed with `key`, ready for update(); nullptr on failure.
+EVP_MAC_CTX *hmac_keyed(std::string_view key) {
+    thread_local HmacSlots cache;
+    const auto *k = reinterpret_cast<const unsigned char *>(key.data());
+    if (key.empty() || key.size() > HMAC_SLOT_KEY) {
+        if (!cache.uncached) cache.uncached.reset(hmac_ctx_new());
+        EVP_MAC_CTX *ctx = cache.uncached.get();
+        // An empty key is a valid HMAC key; OpenSSL wants a non-NULL pointer for it.
+        static const unsigned char none = 0;
+        return ctx && EVP_MAC_init(ctx, key.empty() ? &none : k, key.size(), nullptr) == 1 ? ctx : nullptr;
+    }
+    for (HmacSlot &s : cache.slot) {
+        if (s.len == key.size() && s.ctx && CRYPTO_memcmp(s.key, k, key.size()) == 0) {
+            return EVP_MAC_init(s.ctx.get(), nullptr, 0, nullptr) == 1 ? s.ctx.get() : nullptr;
+        }
+    }
+    HmacSlot &s = cache.slot[cache.next];
+    cache.next = (cache.next + 1) % HMAC_SLOTS;
+    s.len = 0;
+    if (!s.ctx) s.ctx.reset(hmac_ctx_new());
+    if (!s.ctx || EVP_MAC_init(s.ctx.get(), k, key.size(), nullptr) != 1) return nullptr;
+    std::memcpy(s.key, k, key.size());
+    s.len = key.size();
+    return s.ctx.get();
 }
 
 }  // namespace
@@ -42,10 +94,9 @@ EVP_CIPHER_CTX *aes_gcm_ctx() {
 }
 
 bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out) {
-    EVP_MAC_CTX *ctx = hmac_ctx();
+    EVP_MAC_CTX *ctx = hmac_keyed(key);
     size_t len = 0;
-    return ctx && EVP_MAC_init(ctx, reinterpret_cast<const unsigned char *>(key.data()), key.size(), nullptr) == 1 &&
-           EVP_MAC_update(ctx, reinterpret_cast<const unsigned char *>(data.data()), data.size()) == 1 &&
+    return ctx && EVP_MAC_update(ctx, reinterpret_cast<const unsigned char *>(data.data()), data.size()) == 1 &&
            EVP_MAC_final(ctx, out, &len, 32) == 1 && len == 32;
 }
 

@@ -7,6 +7,11 @@
 
 #include "base64.h"
 #include "crypto.h"
+#include "ossl.h"
+
+#include <openssl/hmac.h>
+
+#include <vector>
 
 using namespace mailapi;
 
@@ -139,4 +144,42 @@ TEST(Random, AForkedChildDrawsOtherBytes) {
     close(fds[1]);
     EXPECT_EQ(status, 0);
     EXPECT_NE(std::memcmp(parent, child, sizeof parent), 0);
+}
+
+namespace {
+std::string hmac_reference(const std::string &key, const std::string &data) {
+    unsigned char md[32];
+    unsigned int len = 0;
+    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char *>(data.data()),
+         data.size(), md, &len);
+    return std::string(reinterpret_cast<char *>(md), len);
+}
+
+std::string hmac_ours(const std::string &key, const std::string &data) {
+    unsigned char md[32];
+    EXPECT_TRUE(hmac_sha256(key, data, md));
+    return std::string(reinterpret_cast<char *>(md), sizeof md);
+}
+}  // namespace
+
+// hmac_sha256 keeps keyed contexts per thread: each key must still give its
+// own MAC, however keys come and go (more keys than slots, keys that differ
+// in one byte or in length only, the empty key, one longer than a slot).
+TEST(Hmac, EveryKeyGivesItsOwnMacAcrossTheContextCache) {
+    std::vector<std::string> keys = {"", std::string(131, '\xaa'), std::string(64, 'k'), std::string(63, 'k')};
+    for (int i = 0; i < 20; i++) keys.push_back(std::string(32, 'a') + static_cast<char>('A' + i));
+    keys.push_back(std::string(32, 'a'));
+    // RFC 4231 test case 2
+    EXPECT_EQ(base64_encode(hmac_ours("Jefe", "what do ya want for nothing?")),
+              base64_encode(std::string("\x5b\xdc\xc1\x46\xbf\x60\x75\x4e\x6a\x04\x24\x26\x08\x95\x75\xc7"
+                                        "\x5a\x00\x3f\x08\x9d\x27\x39\x83\x9d\xec\x58\xb9\x64\xec\x38\x43", 32)));
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < keys.size(); i++) {
+            // a few keys again and again between the others, as sends do
+            for (const std::string &k : {keys[i], keys[0], keys[2], keys[i]}) {
+                std::string data = "data " + std::to_string(i) + " " + std::to_string(round);
+                ASSERT_EQ(hmac_ours(k, data), hmac_reference(k, data)) << "key " << i << " round " << round;
+            }
+        }
+    }
 }
