@@ -10,7 +10,9 @@
 namespace mailapi::contract {
 
 std::string message_key(std::string_view stream, std::string_view id) {
-    std::string k(stream);
+    std::string k;
+    k.reserve(stream.size() + 1 + id.size());
+    k.append(stream);
     k.push_back(':');
     k.append(id);
     return k;
@@ -719,10 +721,7 @@ int terminal_generation(std::string_view id) {
 std::string recipient_key(const Keyring &ring, std::string_view tenant, std::string_view addr) {
     unsigned char md[32];
     std::string_view key(reinterpret_cast<const char *>(ring.index_key.data()), ring.index_key.size());
-    std::string data(tenant);
-    data.push_back('\0');
-    data.append(addr);
-    if (!hmac_sha256(key, data, md)) return "";
+    if (!hmac_sha256(key, {tenant, std::string_view("\0", 1), addr}, md)) return "";
     return base64url_encode(std::string_view(reinterpret_cast<char *>(md), 16));
 }
 

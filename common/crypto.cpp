@@ -101,7 +101,9 @@ bool keyring_load(const std::string &path, Keyring &ring, std::string &err) {
 }
 
 std::string envelope_aad(std::string_view tenant, std::string_view message_id) {
-    std::string aad = "mailapi-v1";
+    std::string aad;
+    aad.reserve(12 + tenant.size() + message_id.size());
+    aad.append("mailapi-v1");
     aad.push_back('\0');
     aad.append(tenant);
     aad.push_back('\0');

@@ -227,14 +227,25 @@ bool find_duplicate_key(element e, std::string &dup) {
             if (find_duplicate_key(item, dup)) return true;
         }
     } else if (e.get_object().get(obj) == simdjson::SUCCESS) {
-        std::vector<std::string_view> keys;
+        // A message's objects have a few keys: those sort on the stack.
+        constexpr size_t FEW = 16;
+        std::string_view few[FEW];
+        std::vector<std::string_view> many;
+        size_t n = 0;
         for (auto field : obj) {
-            keys.push_back(field.key);
+            if (n < FEW) {
+                few[n] = field.key;
+            } else {
+                if (n == FEW) many.assign(few, few + FEW);
+                many.push_back(field.key);
+            }
+            n++;
             if (find_duplicate_key(field.value, dup)) return true;
         }
-        std::sort(keys.begin(), keys.end());
-        auto it = std::adjacent_find(keys.begin(), keys.end());
-        if (it != keys.end()) {
+        std::string_view *begin = n <= FEW ? few : many.data(), *end = begin + n;
+        std::sort(begin, end);
+        std::string_view *it = std::adjacent_find(begin, end);
+        if (it != end) {
             dup.assign(*it);
             return true;
         }

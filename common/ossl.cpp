@@ -93,11 +93,28 @@ EVP_CIPHER_CTX *aes_gcm_ctx() {
     return ctx.get();
 }
 
-bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out) {
+namespace {
+
+bool hmac_parts(std::string_view key, const std::string_view *parts, size_t n, unsigned char *out) {
     EVP_MAC_CTX *ctx = hmac_keyed(key);
+    if (ctx == nullptr) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (EVP_MAC_update(ctx, reinterpret_cast<const unsigned char *>(parts[i].data()), parts[i].size()) != 1) {
+            return false;
+        }
+    }
     size_t len = 0;
-    return ctx && EVP_MAC_update(ctx, reinterpret_cast<const unsigned char *>(data.data()), data.size()) == 1 &&
-           EVP_MAC_final(ctx, out, &len, 32) == 1 && len == 32;
+    return EVP_MAC_final(ctx, out, &len, 32) == 1 && len == 32;
+}
+
+}  // namespace
+
+bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out) {
+    return hmac_parts(key, &data, 1, out);
+}
+
+bool hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts, unsigned char *out) {
+    return hmac_parts(key, parts.begin(), parts.size(), out);
 }
 
 }  // namespace mailapi

@@ -3,6 +3,7 @@
 #pragma once
 #include <openssl/evp.h>
 
+#include <initializer_list>
 #include <string_view>
 
 namespace mailapi {
@@ -13,5 +14,7 @@ const EVP_CIPHER *aes_256_gcm();
 
 // HMAC-SHA256 of data under key; out must hold 32 bytes. False on failure.
 bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out);
+// The same over the parts one after another, as if concatenated (no copy).
+bool hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts, unsigned char *out);
 
 }  // namespace mailapi

@@ -224,9 +224,10 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
     if (!idem.empty()) {
         // Keyed, so the stored fingerprint says nothing about the message.
         unsigned char md[32];
-        std::string data = key->tenant + '\0' + body;
         std::string_view ikey(reinterpret_cast<const char *>(mcf->keyring->index_key.data()), 32);
-        if (!mailapi::hmac_sha256(ikey, data, md)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (!mailapi::hmac_sha256(ikey, {key->tenant, std::string_view("\0", 1), body}, md)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
         fingerprint = mailapi::base64url_encode(std::string_view(reinterpret_cast<char *>(md), sizeof md));
         idem_key = mailapi::contract::idempotency_key(key->tenant, idem);
     }

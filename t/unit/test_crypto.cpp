@@ -183,3 +183,13 @@ TEST(Hmac, EveryKeyGivesItsOwnMacAcrossTheContextCache) {
         }
     }
 }
+
+TEST(Hmac, PartsAreTheirConcatenation) {
+    std::string key(32, 'i'), tenant = "acme", addr = "a@example.org";
+    unsigned char parts[32], whole[32];
+    ASSERT_TRUE(hmac_sha256(key, {tenant, std::string_view("\0", 1), addr}, parts));
+    ASSERT_TRUE(hmac_sha256(key, tenant + '\0' + addr, whole));
+    EXPECT_EQ(0, std::memcmp(parts, whole, 32));
+    ASSERT_TRUE(hmac_sha256(key, {std::string_view(), tenant + '\0', std::string_view(), addr}, parts));
+    EXPECT_EQ(0, std::memcmp(parts, whole, 32));
+}

@@ -150,3 +150,21 @@ TEST(Message, StoredLimitsReadWhatTheEdgeAccepted) {
     EXPECT_FALSE(message_parse(json, MessageLimits(), 0, m, e));
     EXPECT_TRUE(message_parse(json, MessageLimits::stored(), 0, m, e));
 }
+
+// Duplicate keys are found in small objects (sorted on the stack) and in
+// large ones (past 16 keys, in a vector), wherever the duplicate is.
+TEST(Message, DuplicateKeysAreFoundInObjectsOfAnySize) {
+    auto metadata = [](int n, int dup_of, int dup_at) {
+        std::string m;
+        for (int i = 0; i < n; i++) {
+            int k = i == dup_at ? dup_of : i;
+            m += (i ? "," : "") + std::string("\"k") + std::to_string(k) + "\":\"v\"";
+        }
+        return with(",\"metadata\":{" + m + "}");
+    };
+    for (auto [n, of, at] : {std::tuple{5, 1, 4}, {16, 0, 15}, {17, 0, 16}, {20, 17, 19}, {20, 3, 18}}) {
+        FieldError e = reject(metadata(n, of, at));
+        EXPECT_EQ(e.code, "invalid_json") << n << " keys, k" << of << " again at " << at;
+        EXPECT_NE(e.message.find("\"k" + std::to_string(of) + "\""), std::string::npos) << e.message;
+    }
+}
