@@ -38,7 +38,8 @@ EVP_MAC_CTX *hmac_ctx_new() {
 // the index key): a key seen before reuses its context, re-initialised
 // without a key, which keeps the key set before. Keys are compared in
 // constant time; a miss takes the next slot in turn; a key longer than a
-// slot is set on every call.
+// slot is set on every call, as every key is where the provider cannot
+// restart a context without its key (hmac_reinit_keeps_key).
 constexpr size_t HMAC_SLOTS = 8;
 constexpr size_t HMAC_SLOT_KEY = 64;
 
@@ -55,11 +56,35 @@ struct HmacSlots {
     std::unique_ptr<EVP_MAC_CTX, MacCtxFree> uncached;
 };
 
+// Whether EVP_MAC_init(ctx, NULL, 0, NULL) restarts an HMAC with the key it
+// has. OpenSSL's HMAC provider before 3.0.3 made that a successful no-op
+// (openssl/openssl#17811, fixed by #18100): every MAC after the first under a
+// cached key would come out wrong, without an error. The HMAC comes from
+// whichever provider is loaded (a FIPS provider may be older than libcrypto),
+// so this is asked of it once, not of the version number; if it says no, every
+// call sets its key.
+bool hmac_reinit_keeps_key() {
+    static const bool ok = [] {
+        std::unique_ptr<EVP_MAC_CTX, MacCtxFree> ctx(hmac_ctx_new());
+        static const unsigned char key[] = "mailapi hmac reinit probe", data[] = "data";
+        unsigned char first[32], again[32];
+        size_t l1 = 0, l2 = 0;
+        return ctx && EVP_MAC_init(ctx.get(), key, sizeof key - 1, nullptr) == 1 &&
+               EVP_MAC_update(ctx.get(), data, sizeof data - 1) == 1 &&
+               EVP_MAC_final(ctx.get(), first, &l1, sizeof first) == 1 &&
+               EVP_MAC_init(ctx.get(), nullptr, 0, nullptr) == 1 &&
+               EVP_MAC_update(ctx.get(), data, sizeof data - 1) == 1 &&
+               EVP_MAC_final(ctx.get(), again, &l2, sizeof again) == 1 && l1 == 32 && l2 == 32 &&
+               std::memcmp(first, again, 32) == 0;
+    }();
+    return ok;
+}
+
 // A context keyed with `key`, ready for update(); nullptr on failure.
 EVP_MAC_CTX *hmac_keyed(std::string_view key) {
     thread_local HmacSlots cache;
     const auto *k = reinterpret_cast<const unsigned char *>(key.data());
-    if (key.empty() || key.size() > HMAC_SLOT_KEY) {
+    if (key.empty() || key.size() > HMAC_SLOT_KEY || !hmac_reinit_keeps_key()) {
         if (!cache.uncached) cache.uncached.reset(hmac_ctx_new());
         EVP_MAC_CTX *ctx = cache.uncached.get();
         // An empty key is a valid HMAC key; OpenSSL wants a non-NULL pointer for it.
