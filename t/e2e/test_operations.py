@@ -163,6 +163,33 @@ def test_reload_picks_up_new_keys(own_stack, keys, rcpt):
     assert api.send(message(rcpt), new.token()).status_code == 202
 
 
+def test_a_reload_with_changed_secrets_refuses_their_old_tokens_across_many_keys(own_stack, keys, rcpt):
+    # More keys than hmac_sha256 keeps keyed contexts for (8 a thread), used in
+    # turn; then most of them get a new secret under the same key id.
+    own_stack.start_redis()
+    many = [own_stack.add_key(f"many{i}", "acme") for i in range(12)]
+    nginx = own_stack.start_nginx()
+    api = Api(f"http://127.0.0.1:{nginx.port}")
+    for k in many + many[:3] + many[::-1]:
+        assert api.send(message(rcpt), k.token()).status_code == 202, k.id
+    old = [k.token() for k in many]
+    for k in many[:10]:
+        k.secret = os.urandom(32)
+    own_stack.write_keys()
+    nginx.send_signal(1)  # SIGHUP: reload
+    deadline = time.time() + 10
+    while time.time() < deadline and api.send(message(rcpt), many[0].token()).status_code != 202:
+        time.sleep(0.2)
+    for _ in range(2):
+        for i, k in enumerate(many):
+            r = api.send(message(rcpt), old[i])
+            if i < 10:
+                assert r.status_code == 401 and r.json()["error"]["code"] == "token_signature_invalid", (k.id, r.text)
+            else:
+                assert r.status_code == 202, (k.id, r.text)
+            assert api.send(message(rcpt), k.token()).status_code == 202, k.id
+
+
 def test_configured_stream_name_is_used(own_stack, keys, rcpt):
     own_stack.start_redis()
     nginx = own_stack.start_nginx(extra_http="    mail_api_redis_stream custom:stream;\n")
