@@ -81,10 +81,10 @@ bool hmac_reinit_keeps_key() {
 }
 
 // A context keyed with `key`, ready for update(); nullptr on failure.
-EVP_MAC_CTX *hmac_keyed(std::string_view key) {
+EVP_MAC_CTX *hmac_keyed(std::string_view key, bool keep = true) {
     thread_local HmacSlots cache;
     const auto *k = reinterpret_cast<const unsigned char *>(key.data());
-    if (key.empty() || key.size() > HMAC_SLOT_KEY || !hmac_reinit_keeps_key()) {
+    if (!keep || key.empty() || key.size() > HMAC_SLOT_KEY || !hmac_reinit_keeps_key()) {
         if (!cache.uncached) cache.uncached.reset(hmac_ctx_new());
         EVP_MAC_CTX *ctx = cache.uncached.get();
         // An empty key is a valid HMAC key; OpenSSL wants a non-NULL pointer for it.
@@ -99,6 +99,7 @@ EVP_MAC_CTX *hmac_keyed(std::string_view key) {
     HmacSlot &s = cache.slot[cache.next];
     cache.next = (cache.next + 1) % HMAC_SLOTS;
     s.len = 0;
+    OPENSSL_cleanse(s.key, sizeof s.key);  // no tail of a longer key it held stays
     if (!s.ctx) s.ctx.reset(hmac_ctx_new());
     if (!s.ctx || EVP_MAC_init(s.ctx.get(), k, key.size(), nullptr) != 1) return nullptr;
     std::memcpy(s.key, k, key.size());
@@ -120,8 +121,9 @@ EVP_CIPHER_CTX *aes_gcm_ctx() {
 
 namespace {
 
-bool hmac_parts(std::string_view key, const std::string_view *parts, size_t n, unsigned char *out) {
-    EVP_MAC_CTX *ctx = hmac_keyed(key);
+bool hmac_parts(std::string_view key, const std::string_view *parts, size_t n, unsigned char *out,
+                bool keep = true) {
+    EVP_MAC_CTX *ctx = hmac_keyed(key, keep);
     if (ctx == nullptr) return false;
     for (size_t i = 0; i < n; i++) {
         if (EVP_MAC_update(ctx, reinterpret_cast<const unsigned char *>(parts[i].data()), parts[i].size()) != 1) {
@@ -136,6 +138,10 @@ bool hmac_parts(std::string_view key, const std::string_view *parts, size_t n, u
 
 bool hmac_sha256(std::string_view key, std::string_view data, unsigned char *out) {
     return hmac_parts(key, &data, 1, out);
+}
+
+bool hmac_sha256_once(std::string_view key, std::string_view data, unsigned char *out) {
+    return hmac_parts(key, &data, 1, out, false);
 }
 
 bool hmac_sha256(std::string_view key, std::initializer_list<std::string_view> parts, unsigned char *out) {

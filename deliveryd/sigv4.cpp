@@ -119,12 +119,13 @@ std::vector<std::string> sigv4_headers(const SigV4Request &req, const SigV4Crede
     std::string to_sign = "AWS4-HMAC-SHA256\n" + amz_date + "\n" + scope + "\n" + canonical_hash;
 
     // The signing key: the secret HMAC-chained through date, region, service
-    // and "aws4_request"; then the signature of the string to sign.
+    // and "aws4_request"; then the signature of the string to sign. Each key
+    // is wiped after its one use (hmac_sha256_once keeps no copy of it).
     std::string key = "AWS4" + cred.secret_access_key;
     unsigned char md[32];
     bool ok = true;
     for (const std::string &part : {date, cred.region, cred.service, std::string("aws4_request"), to_sign}) {
-        ok = ok && mailapi::hmac_sha256(key, part, md);
+        ok = ok && mailapi::hmac_sha256_once(key, part, md);
         OPENSSL_cleanse(key.data(), key.size());
         key.assign(reinterpret_cast<char *>(md), sizeof md);
     }

@@ -193,3 +193,13 @@ TEST(Hmac, PartsAreTheirConcatenation) {
     ASSERT_TRUE(hmac_sha256(key, {std::string_view(), tenant + '\0', std::string_view(), addr}, parts));
     EXPECT_EQ(0, std::memcmp(parts, whole, 32));
 }
+
+TEST(Hmac, OnceGivesTheSameMacAndKeepsTheCachedKeysWorking) {
+    std::string cached(32, 'c'), once(32, 'o');
+    unsigned char a[32], b[32];
+    ASSERT_TRUE(hmac_sha256(cached, "x", a));
+    ASSERT_TRUE(hmac_sha256_once(once, "y", b));
+    EXPECT_EQ(std::string(reinterpret_cast<char *>(b), 32), hmac_reference(once, "y"));
+    ASSERT_TRUE(hmac_sha256(cached, "x", b));
+    EXPECT_EQ(0, std::memcmp(a, b, 32));
+}
