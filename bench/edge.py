@@ -300,7 +300,7 @@ def main():
                 invalid.append(f"{proto} {case}: {bad} non-2xx answers or socket errors")
 
         # Latency at half the median maximum send rate, each protocol.
-        paced = {}
+        paced, fsyncs_under_load = {}, {}
         for proto, base in urls.items():
             target = statistics.median(x.rps for x in runs[(proto, "send")]) / 2
             delay_ms = 10
@@ -311,11 +311,13 @@ def main():
             print(f"==> {proto}: paced at about {target:,.0f}/s ({conns} connections, {delay_ms} ms between "
                   f"a connection's requests)", flush=True)
 
-            def paced_run(label, drain=True, fsync="always"):
+            def paced_run(label, drain=True, fsync="always", trace=False):
                 """One paced run; drain: the queue emptied as deliveryd
-                would (a service's steady state), else left to grow."""
+                would (a service's steady state), else left to grow;
+                trace: Redis's fdatasync calls timed meanwhile (perf trace)."""
                 r.config_set("appendfsync", fsync)
                 rw = r.info("persistence")["aof_rewrites"]
+                tracer = fsync_tracer(redis_pid, d) if trace else None
                 try:
                     if drain:
                         with Drain(r, 0.02, 200) as dr:
@@ -324,6 +326,8 @@ def main():
                         res = wrk(base + "/v1/messages", pscript, max(SECONDS, 10), pids, connections=conns)
                 finally:
                     r.config_set("appendfsync", "always")
+                    if tracer:
+                        fsyncs_under_load[label] = tracer.stop()
                 res.rewrites = r.info("persistence")["aof_rewrites"] - rw
                 check_queued(r, res, f"{label} paced", dr.taken if drain else 0)
                 empty_redis(r)
@@ -339,6 +343,13 @@ def main():
                 # The AOF fsynced once a second: what of the latency is the
                 # disk's (comparison only, not durable).
                 paced_run("plain, queue drained, appendfsync everysec (not durable)", fsync="everysec")
+                # Again, with each of Redis's fsyncs timed: what the disk
+                # does under this load, against what a 202 waits for.
+                if shutil.which("perf"):
+                    paced_run("plain, queue drained, Redis's fdatasync traced", trace=True)
+                else:
+                    print("==> perf is missing (apt-get install linux-perf): the fsyncs under load are not timed",
+                          flush=True)
         # The floor under any durable 202: one fsync of Redis's AOF disk,
         # nothing else running.
         fsync = fsync_latency(s.dir)
@@ -353,7 +364,7 @@ def main():
             if mem[0].bad:
                 invalid.append(f"memory: {mem[0].bad} non-2xx answers or socket errors")
 
-        report(runs, paced, fsync, alone, mem)
+        report(runs, paced, fsync, fsyncs_under_load, alone, mem)
     finally:
         if su:
             su.stop_all()
@@ -487,6 +498,30 @@ def memory(r, base, script, pids, worker, rate):
     return res, rss0, rss1
 
 
+class fsync_tracer:
+    """Redis's fdatasync calls, each timed, by `perf trace` (its tracepoints
+    cost Redis a little: the run it watches is an extra one)."""
+
+    def __init__(self, pid, directory):
+        self.out = os.path.join(directory, "fdatasync.trace")
+        self.proc = subprocess.Popen(["perf", "trace", "-e", "fdatasync", "-p", str(pid), "-o", self.out],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.t0 = time.monotonic()
+        time.sleep(0.5)
+
+    def stop(self):
+        """Milliseconds of each call, sorted, and the seconds traced."""
+        self.proc.send_signal(2)
+        self.proc.wait()
+        seconds = time.monotonic() - self.t0
+        try:
+            with open(self.out) as f:
+                took = sorted(float(m.group(1)) for m in re.finditer(r"\(\s*([\d.]+) ms\)", f.read()))
+        except OSError:
+            took = []
+        return took, seconds
+
+
 def fsync_latency(directory, n=3000, size=1300):
     """Milliseconds one append + fsync takes on the disk Redis's AOF is on,
     as Redis does per EXEC under appendfsync always: p50, p99, max."""
@@ -562,7 +597,7 @@ def limits(runs):
               f"{nginx:.1f} | {nginx202:.1f} |")
 
 
-def report(runs, paced, fsync, alone, mem):
+def report(runs, paced, fsync, fsyncs_under_load, alone, mem):
     print()
     print(f"| case | req/s (median of {PAIRS}) | p50 ms | p99 ms | non-2xx + errors | send / return 202 "
           f"(median) | spread (min-max) |")
@@ -596,15 +631,28 @@ def report(runs, paced, fsync, alone, mem):
                   f"{2e6 / total:,.0f}/s | {batch} |")
     print()
     print("| at half the maximum send rate | target req/s | achieved | p50 ms | p99 ms | AOF rewrites | "
-          "non-2xx + errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "nginx waiting for a core | Redis waiting for a core | non-2xx + errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for proto, (target, res) in paced.items():
+        waits = [f"{res.threads[w]['runq'] / res.threads[w]['wall'] * 100:.1f}%" for w in ("nginx", "redis")]
         print(f"| POST /v1/messages, {proto} | {target:,.0f} | {res.rps:,.0f} | {res.p50:.2f} | {res.p99:.2f} | "
-              f"{res.rewrites} | {res.bad} |")
+              f"{res.rewrites} | {waits[0]} | {waits[1]} | {res.bad} |")
     print()
     print("| the disk alone: append + fsync, as each EXEC does | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|")
     print(f"| Redis's AOF directory | {fsync[0]:.2f} | {fsync[1]:.2f} | {fsync[2]:.2f} |")
+    for label, (took, seconds) in fsyncs_under_load.items():
+        if not took:
+            print(f"| Redis's fdatasync, {label} | (perf trace recorded nothing) | | |")
+            continue
+        n = len(took)
+        print(f"| Redis's own fdatasync calls, {label}: {n:,} in {seconds:.0f} s | {took[n // 2]:.2f} | "
+              f"{took[n * 99 // 100]:.2f} | {took[-1]:.2f} |")
+        # A send that reaches Redis while an fsync has more than 2 ms to
+        # go waits longer than 2 ms: past 1% of the time, no p99 < 2 ms.
+        beyond = sum(max(0.0, t - 2) for t in took) / 1000 / seconds
+        print(f"| share of that time within an fsync with more than 2 ms to go (a send arriving then waits "
+              f"> 2 ms) | {beyond * 100:.2f}% | | |")
     print()
     print("| Redis alone (no nginx), per message | messages | redis CPU µs | main thread busy µs (core + disk) | "
           "ceiling of that thread, /s |")
