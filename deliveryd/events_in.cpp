@@ -1,15 +1,16 @@
 #include "events_in.h"
 
 #include <openssl/sha.h>
-#include <sys/time.h>
 
 #include <cstring>
 
+#include "clock.h"
 #include "contract.h"
 #include "json.h"
 #include "later.h"
 #include "log.h"
 #include "message.h"
+#include "redis_reply.h"
 #include "provider_events.h"
 #include "records.h"
 #include "suppression.h"
@@ -24,22 +25,6 @@ constexpr int BATCH = 64;
 constexpr int MAX_WORKING = 512;
 constexpr int64_t WAIT_FOR_RECORD_MS = 86400000;  // an event whose message never shows up is dropped after this
 constexpr double RECORD_RETRY_S = 5;
-
-int64_t now_ms() {
-    struct timeval tv;
-    gettimeofday(&tv, nullptr);
-    return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-}
-
-std::string field_of(const redisReply *fields, const char *name) {
-    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
-        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING && std::strcmp(k->str, name) == 0) {
-            return std::string(v->str, v->len);
-        }
-    }
-    return "";
-}
 
 // An event id fixed by the provider's: its timeline holds it once.
 std::string event_id(const std::string &source, const std::string &provider_id) {
@@ -161,9 +146,9 @@ void EventsIn::take(const redisReply *list) {
         }
         Entry en;
         en.stream_id = e->element[0]->str;
-        en.source = field_of(e->element[1], contract::field::SRC);
-        en.message_id = field_of(e->element[1], contract::field::MID);
-        en.sealed = field_of(e->element[1], contract::field::ENVELOPE);
+        en.source = mailapi::reply_field(e->element[1], contract::field::SRC);
+        en.message_id = mailapi::reply_field(e->element[1], contract::field::MID);
+        en.sealed = mailapi::reply_field(e->element[1], contract::field::ENVELOPE);
         en.queued_ms = std::atoll(en.stream_id.c_str());
         if (!working_.count(en.stream_id)) handle(std::move(en));
     }
@@ -201,7 +186,7 @@ void EventsIn::lookup(const Entry &e, bool pending) {
                      {{"id", e.message_id}, {"source", e.source}});
             return finish(e);
         }
-        if (now_ms() - e.queued_ms > WAIT_FOR_RECORD_MS) {
+        if (mailapi::wall_ms() - e.queued_ms > WAIT_FOR_RECORD_MS) {
             log_warn("provider event for a message the store never had: dropped",
                      {{"id", e.message_id}, {"source", e.source}});
             return finish(e);

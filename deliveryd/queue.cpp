@@ -1,10 +1,10 @@
 #include "queue.h"
 
-#include <sys/time.h>
 
 #include <cstdlib>
 #include <cstring>
 
+#include "clock.h"
 #include "contract.h"
 #include "log.h"
 #include "metrics.h"
@@ -13,12 +13,6 @@ namespace contract = mailapi::contract;
 namespace fields = mailapi::contract::field;
 
 namespace {
-
-int64_t now_ms() {
-    struct timeval tv;
-    gettimeofday(&tv, nullptr);
-    return static_cast<int64_t>(tv.tv_sec) * 1000 + tv.tv_usec / 1000;
-}
 
 bool ok_reply(const redisReply *r) { return r && r->type != REDIS_REPLY_ERROR; }
 
@@ -263,7 +257,7 @@ void Queue::reap_cb(struct ev_loop *, ev_timer *w, int) noexcept {
 void Queue::mover_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Queue *>(w->data);
     self->script(MOVE,
-                 {"2", self->cfg_.stream, self->cfg_.scheduled, std::to_string(now_ms()), "500"}, [](redisReply *r) {
+                 {"2", self->cfg_.stream, self->cfg_.scheduled, std::to_string(mailapi::wall_ms()), "500"}, [](redisReply *r) {
                      if (r && r->type == REDIS_REPLY_ERROR) log_error("scheduler failed", {{"error", r->str}});
                  });
 }
@@ -406,7 +400,7 @@ void Queue::sample(Metrics &m) {
         m.oldest_age_seconds = 0;
         if (m.queue_pending > 0 && r->element[1]->type == REDIS_REPLY_STRING) {
             // a stream id starts with its creation time in milliseconds
-            m.oldest_age_seconds = static_cast<double>(now_ms() - std::atoll(r->element[1]->str)) / 1000.0;
+            m.oldest_age_seconds = static_cast<double>(mailapi::wall_ms() - std::atoll(r->element[1]->str)) / 1000.0;
         }
     });
 }

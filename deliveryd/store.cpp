@@ -217,15 +217,15 @@ bool Store::prepare(mongoc_client_t *client, const std::string &database, std::s
     return true;
 }
 
-bool Store::connect(Writer &w, std::string &err) {
-    if (w.messages) return true;
-    std::lock_guard<std::mutex> lock(connect_mu_);
+mongoc_client_t *store_client_open(const std::string &uri_text, const char *appname, std::string &database,
+                                   std::string &err) {
     bson_error_t e;
-    mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_.c_str(), &e);
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_text.c_str(), &e);
     if (uri == nullptr) {
         err = std::string("bad mongodb uri: ") + e.message;
-        return false;
+        return nullptr;
     }
+    // Bounds a stalled store cannot hold a writer past (the URI may set its own).
     if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
         mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 3000);
     }
@@ -233,15 +233,24 @@ bool Store::connect(Writer &w, std::string &err) {
         mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SOCKETTIMEOUTMS, 10000);
     }
     const char *db = mongoc_uri_get_database(uri);
-    std::string database = db ? db : "mailapi";
+    database = db ? db : "mailapi";
     mongoc_client_t *client = mongoc_client_new_from_uri(uri);
     mongoc_uri_destroy(uri);
     if (client == nullptr) {
         err = "cannot create a MongoDB client";
-        return false;
+        return nullptr;
     }
     mongoc_client_set_error_api(client, MONGOC_ERROR_API_VERSION_2);
-    mongoc_client_set_appname(client, "deliveryd");
+    mongoc_client_set_appname(client, appname);
+    return client;
+}
+
+bool Store::connect(Writer &w, std::string &err) {
+    if (w.messages) return true;
+    std::lock_guard<std::mutex> lock(connect_mu_);
+    std::string database;
+    mongoc_client_t *client = store_client_open(uri_, "deliveryd", database, err);
+    if (client == nullptr) return false;
     if (!prepared_ && !(prepared_ = prepare(client, database, err))) {
         mongoc_client_destroy(client);
         return false;

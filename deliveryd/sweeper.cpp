@@ -8,22 +8,19 @@
 #include <memory>
 
 #include "bson_doc.h"
+#include "clock.h"
 #include "contract.h"
 #include "log.h"
 #include "metrics.h"
 #include "records.h"
 #include "redis_address.h"
+#include "store.h"
 
 namespace contract = mailapi::contract;
 namespace records = mailapi::records;
 using mailapi::Bson;
 
 namespace {
-
-int64_t wall_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
 
 // Who holds the lock: the consumer's name and a random part, so that two
 // instances configured with one name (a mistake) still do not share it.
@@ -134,33 +131,15 @@ redisReply *Sweeper::command(const std::vector<std::string> &args) {
 
 bool Sweeper::connect_store(std::string &err) {
     if (messages_) return true;
-    bson_error_t e;
-    mongoc_uri_t *uri = mongoc_uri_new_with_error(mongodb_.c_str(), &e);
-    if (uri == nullptr) {
-        err = std::string("bad mongodb uri: ") + e.message;
-        return false;
-    }
-    if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
-        mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 3000);
-    }
-    if (!mongoc_uri_has_option(uri, MONGOC_URI_SOCKETTIMEOUTMS)) {
-        mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SOCKETTIMEOUTMS, 10000);
-    }
-    const char *db = mongoc_uri_get_database(uri);
-    std::string database = db ? db : "mailapi";
-    client_ = mongoc_client_new_from_uri(uri);
-    mongoc_uri_destroy(uri);
-    if (client_ == nullptr) {
-        err = "cannot create a MongoDB client";
-        return false;
-    }
-    mongoc_client_set_error_api(client_, MONGOC_ERROR_API_VERSION_2);
-    mongoc_client_set_appname(client_, "deliveryd-sweeper");
+    std::string database;
+    client_ = store_client_open(mongodb_, "deliveryd-sweeper", database, err);
+    if (client_ == nullptr) return false;
     messages_ = mongoc_client_get_collection(client_, database.c_str(), records::MESSAGES);
     if (!indexed_) {
         // The day buckets' index (real MongoDB; FerretDB uses the GIN index
         // t/stack.py makes, and this btree on a short string is harmless).
         Bson cmd, reply;
+        bson_error_t e;
         bson_t indexes, index, key;
         BSON_APPEND_UTF8(cmd.get(), "createIndexes", records::MESSAGES);
         BSON_APPEND_ARRAY_BEGIN(cmd.get(), "indexes", &indexes);
@@ -229,7 +208,7 @@ void Sweeper::sweep() {
     }
     if (got->type != REDIS_REPLY_STATUS) return;  // another instance sweeps now
     const std::string cursor_key = contract::retention_cursor_key(stream_);
-    const int64_t now = wall_ms() + offset_ms_;
+    const int64_t now = mailapi::wall_ms() + offset_ms_;
     const int64_t cutoff = now - contract::RETENTION_GRACE_MS;
     const int64_t last_day = contract::expiry_day(cutoff);
     int64_t cursor = contract::expiry_day(contract::EPOCH_MS);  // nothing expires earlier

@@ -23,11 +23,13 @@
 #include <thread>
 
 #include "bson_doc.h"
+#include "clock.h"
 #include "contract.h"
 #include "crypto.h"
 #include "json.h"
 #include "message.h"
 #include "records.h"
+#include "redis_reply.h"
 #include "token.h"
 
 namespace contract = mailapi::contract;
@@ -136,7 +138,7 @@ public:
     // The address stays suppressed while its mail is erased, as its key alone.
     void keep_suppressed() {
         check(command(c_.get(), {"EVAL", contract::SUPP_ADD_LUA, "2", contract::suppression_key(e_.stream, e_.tenant),
-                                 contract::suppression_time_key(e_.stream, e_.tenant), std::to_string(now_ms()),
+                                 contract::suppression_time_key(e_.stream, e_.tenant), std::to_string(mailapi::wall_ms()),
                                  contract::reason::ERASED, std::to_string(contract::SUPPRESSIONS_MAX + 1), "1",
                                  e_.rkey, "-"}));
     }
@@ -221,14 +223,14 @@ public:
     void erase_waiting(const std::set<std::string> &ids) {
         if (ids.empty()) return;
         e_.events += erase_entries(contract::events_stream(e_.stream), ids, [](const redisReply *fields) {
-            return field(fields, contract::field::MID);
+            return mailapi::reply_field(fields, contract::field::MID);
         });
         e_.webhooks += erase_entries(contract::webhooks_stream(e_.stream), ids, [](const redisReply *fields) {
-            return field(fields, contract::field::EID).substr(0, 30);  // "<message id>_<event id>"
+            return mailapi::reply_field(fields, contract::field::EID).substr(0, 30);  // "<message id>_<event id>"
         });
         e_.webhooks += erase_retries(contract::webhook_retry_key(e_.stream), ids);
         erase_entries(contract::DEFAULT_DEAD_LETTERS, ids, [](const redisReply *fields) {
-            return field(fields, "id");
+            return mailapi::reply_field(fields, "id");
         });
     }
 
@@ -263,19 +265,6 @@ public:
     }
 
 private:
-    static int64_t now_ms() {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-            .count();
-    }
-
-    static std::string field(const redisReply *fields, const char *name) {
-        for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-            if (str(fields->element[i]) == name) return str(fields->element[i + 1]);
-        }
-        return "";
-    }
-
     template <typename Fn>
     long long erase_entries(const std::string &stream, const std::set<std::string> &ids, Fn message_of) {
         long long n = 0;

@@ -29,11 +29,6 @@ struct Use {
     const mailapi::ApiKey *tenant_key;  // the tenant's key with responses_url, if any
 };
 
-int64_t now_ms() {
-    ngx_time_t *tp = ngx_timeofday();
-    return static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
-}
-
 ngx_int_t refused(ngx_http_request_t *r, links::Verdict v) {
     if (v == links::Verdict::expired) {
         return ngx_mail_api_send_page(r, 410, "This link has expired",
@@ -128,7 +123,7 @@ ngx_int_t record(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const lin
     ev.id = std::string(1, l.kind) + std::to_string(l.rcpt);  // one of each a recipient: a repeat is the same
     ev.message_id = l.message_id;
     ev.type = unsub ? contract::event::UNSUBSCRIBED : contract::event::RESPONDED;
-    ev.at_ms = now_ms();
+    ev.at_ms = ngx_mail_api_now_ms();
     ev.tenant = l.tenant;
     ev.rcpt = l.rcpt;
     ev.response = l.response;

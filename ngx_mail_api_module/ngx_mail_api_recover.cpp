@@ -222,11 +222,10 @@ ngx_int_t ngx_mail_api_handle_cancel(ngx_http_request_t *r, ngx_mail_api_main_co
     t->message_id.assign(id);
     t->timeout = mcf->store_timeout;
     std::string stream(reinterpret_cast<char *>(mcf->redis_stream.data), mcf->redis_stream.len);
-    ngx_time_t *tp = ngx_timeofday();
     std::vector<std::string> args = {"EVAL", mailapi::contract::CANCEL_LUA, "3",
                                      mailapi::contract::message_key(stream, id),
                                      mailapi::contract::DEFAULT_SCHEDULED, stream, t->tenant,
-                                     std::to_string(static_cast<int64_t>(tp->sec) * 1000 + tp->msec), t->message_id};
+                                     std::to_string(ngx_mail_api_now_ms()), t->message_id};
     rc = ngx_mail_api_redis_request(r, mcf, args, cancel_reply, t);
     if (rc == NGX_DONE) r->main->count++;  // the reply's answer gives it back
     return rc;

@@ -197,8 +197,7 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
                                        "this key may not send from that domain (senders= in the keys file)",
                                        "from");
     }
-    ngx_time_t *tp = ngx_timeofday();
-    int64_t now_ms = static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
+    int64_t now_ms = ngx_mail_api_now_ms();
     // The envelope holds the body as received: it has just been validated, and
     // deliveryd and the recover path read it with the same parser.
     std::string stamped;
@@ -208,7 +207,7 @@ ngx_int_t enqueue(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
                                            "this service has no public URL for links (mail_api_link_url)",
                                            msg.unsubscribe ? "unsubscribe" : "responses");
         }
-        stamped = with_links(body, mcf, (msg.send_at ? msg.send_at : tp->sec) + mcf->link_ttl);
+        stamped = with_links(body, mcf, (msg.send_at ? msg.send_at : now_ms / 1000) + mcf->link_ttl);
     }
     std::string id, envelope;
     if (!mailapi::message_id_new(now_ms, id) ||

@@ -224,8 +224,7 @@ ngx_int_t changed(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, const ma
                                      contract::suppression_key(stream, tenant),
                                      contract::suppression_time_key(stream, tenant)};
     if (add) {
-        ngx_time_t *tp = ngx_timeofday();
-        args.insert(args.end(), {std::to_string(static_cast<int64_t>(tp->sec) * 1000 + tp->msec), reason,
+        args.insert(args.end(), {std::to_string(ngx_mail_api_now_ms()), reason,
                                  std::to_string(contract::SUPPRESSIONS_MAX), "0"});
     }
     for (const std::string &a : emails) {

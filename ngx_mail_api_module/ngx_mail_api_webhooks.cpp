@@ -31,11 +31,6 @@ std::string stream_of(ngx_mail_api_main_conf_t *mcf) {
     return std::string(reinterpret_cast<char *>(mcf->redis_stream.data), mcf->redis_stream.len);
 }
 
-int64_t now_ms() {
-    ngx_time_t *tp = ngx_timeofday();
-    return static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
-}
-
 std::string dump(json_t *o) {
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     std::string out = s ? s : "{}";
@@ -188,7 +183,7 @@ ngx_int_t create_body(ngx_http_request_t *r, ngx_mail_api_main_conf_t *mcf, cons
     c->secret = mailapi::webhook_secret_new();
     c->url = json_string_value(url);
     c->types = types;
-    c->created = std::to_string(now_ms());
+    c->created = std::to_string(ngx_mail_api_now_ms());
     std::string sealed;
     if (c->secret.empty() || !seal_secrets(mcf, c->tenant, c->id, {{c->secret, 0}}, sealed)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -258,7 +253,7 @@ ngx_int_t rotate_read(ngx_http_request_t *r, redisReply *reply, void *data) {
     if (!array_reply(reply)) return unavailable(r);
     if (reply->elements != 7) return not_found(r);
     auto *mcf = static_cast<ngx_mail_api_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_mail_api_module));
-    int64_t now = now_ms();
+    int64_t now = ngx_mail_api_now_ms();
     std::vector<std::pair<std::string, int64_t>> secrets;
     c->secret = mailapi::webhook_secret_new();
     secrets.emplace_back(c->secret, 0);
