@@ -18,6 +18,7 @@ sends.
 
 usage: bench/edge.py [seconds per case, default 5]
 env:   BENCH_PAIRS (5), BENCH_MEMORY_REQUESTS (1000000; 0 skips),
+       BENCH_WORKERS (nginx's workers, 1),
        BENCH_PERF=<dir>: perf profiles of nginx's worker and of redis-server
        during the first send case of each protocol (see bench/README.md)
 """
@@ -40,6 +41,9 @@ import stack as stackmod  # noqa: E402
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 PAIRS = int(os.environ.get("BENCH_PAIRS", "5"))
+# One worker by default: on two cores wrk and Redis need the other; more
+# (BENCH_WORKERS=2, as `worker_processes auto` gives here) only share them.
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 CONNECTIONS = 32
 MANY = 256
 # The two protocols, then the two cases that show where the limit is.
@@ -64,8 +68,15 @@ wrk.headers["Authorization"] = "Bearer {token}"
 PACED = POST + "function delay() return math.random(0, 2 * {delay_ms}) end\n"
 
 
+def pid_list(pid):
+    return list(pid) if isinstance(pid, (list, tuple)) else [pid]
+
+
 def cpu_s(pid):
-    """User + system CPU seconds a process has used so far."""
+    """User + system CPU seconds a process (or a list of them: nginx's
+    workers) has used so far."""
+    if isinstance(pid, (list, tuple)):
+        return sum(cpu_s(p) for p in pid)
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
@@ -74,7 +85,11 @@ def cpu_s(pid):
 def thread_s(pid):
     """The main thread's time, in seconds: on a core, waiting for a core
     (its run queue: the cores are shared) and waiting for block I/O (an
-    fsync; counted only with kernel.task_delayacct=1, else None)."""
+    fsync; counted only with kernel.task_delayacct=1, else None); for a
+    list of processes, their sums."""
+    if isinstance(pid, (list, tuple)):
+        ts = [thread_s(p) for p in pid]
+        return {k: (sum(t[k] for t in ts) if ts[0][k] is not None else None) for k in ts[0]}
     with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
         run_ns, runq_ns = (int(x) for x in f.read().split()[:2])
     blkio = None
@@ -99,7 +114,20 @@ def delayacct_on():
         return None
 
 
+def workers_of(nginx):
+    """The worker processes of an nginx (its master's children)."""
+    for _ in range(50):
+        pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.popen.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+        if len(pids) >= WORKERS:
+            return pids
+        time.sleep(0.1)
+    sys.exit(f"bench: nginx started {len(pids)} of {WORKERS} workers")
+
+
 def rss_kib(pid):
+    if isinstance(pid, (list, tuple)):
+        return sum(rss_kib(p) for p in pid)
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
@@ -133,7 +161,8 @@ def wrk(url, script, seconds, pids, connections=CONNECTIONS, profile=""):
         os.makedirs(PERF_DIR, exist_ok=True)
         for who, pid in pids.items():
             out = os.path.join(PERF_DIR, f"{profile}-{who}.data")
-            perfs.append(subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(pid), "-o", out],
+            perfs.append(subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p",
+                                           ",".join(map(str, pid_list(pid))), "-o", out],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             print(f"    perf: {who} -> perf report -i {out} --no-children", flush=True)
         time.sleep(0.5)
@@ -210,17 +239,18 @@ def main():
     invalid = []
     su = None
     try:
-        print(f"==> starting redis, FerretDB and nginx (1 worker, plain and TLS listeners) in {d}", flush=True)
+        print(f"==> starting redis, FerretDB and nginx ({WORKERS} worker{'s' if WORKERS > 1 else ''}, plain and TLS "
+              f"listeners) in {d}", flush=True)
         s.start_redis(unix=True)
         s.start_ferretdb()
         tls_port = stackmod.free_port()
-        nginx = s.start_nginx(workers=1, log_level="warn", tls_port=tls_port, access_log=False)
+        nginx = s.start_nginx(workers=WORKERS, log_level="warn", tls_port=tls_port, access_log=False)
         # The same server in a second nginx whose worker reaches the same
         # Redis over its Unix socket (one host: no TCP between them).
         su = stackmod.Stack(os.path.join(d, "unix"))
         su.redis, su.mongo = s.redis, s.mongo
         ukey = su.add_key("bench", "bench", "send")
-        unginx = su.start_nginx(workers=1, log_level="warn", access_log=False, redis=f"unix:{s.redis.unix}")
+        unginx = su.start_nginx(workers=WORKERS, log_level="warn", access_log=False, redis=f"unix:{s.redis.unix}")
         r = redislib.Redis(port=s.redis.port)
         redis_pid = int(r.info("server")["process_id"])
         text = "x" * 700
@@ -234,10 +264,8 @@ def main():
         uscript = os.path.join(d, "post-unix.lua")
         with open(uscript, "w") as f:
             f.write(POST.format(body=json.dumps(body), token=ukey.token(ttl=86400)))
-        worker = int(subprocess.run(["pgrep", "-P", str(nginx.popen.pid)], capture_output=True,
-                                    text=True).stdout.split()[0])
-        uworker = int(subprocess.run(["pgrep", "-P", str(unginx.popen.pid)], capture_output=True,
-                                     text=True).stdout.split()[0])
+        worker = workers_of(nginx)
+        uworker = workers_of(unginx)
         pids = {"nginx": worker, "redis": redis_pid}
         upids = {"nginx": uworker, "redis": redis_pid}
         uurl = f"http://127.0.0.1:{unginx.port}"
@@ -489,10 +517,13 @@ def memory(r, base, script, pids, worker, rate):
     warmed it up, with the queue drained as deliveryd would: this measures
     nginx, not Redis."""
     rss0 = rss_kib(worker)
-    seconds = max(5, int(MEMORY_REQUESTS / rate * 1.1) + 1)
-    print(f"==> memory: about {MEMORY_REQUESTS:,} sends over {seconds}s", flush=True)
+    print(f"==> memory: at least {MEMORY_REQUESTS:,} sends (about {MEMORY_REQUESTS / rate:.0f}s)", flush=True)
     with Drain(r, 0.5, 20000):
-        res = wrk(base + "/v1/messages", script, seconds, pids)
+        res = wrk(base + "/v1/messages", script, max(5, int(MEMORY_REQUESTS / rate) + 1), pids)
+        while res.requests < MEMORY_REQUESTS:  # the rate was lower than the runs above: on until the count
+            more = wrk(base + "/v1/messages", script, max(2, int((MEMORY_REQUESTS - res.requests) / rate) + 1), pids)
+            res.requests += more.requests
+            res.bad += more.bad
     rss1 = rss_kib(worker)
     empty_redis(r)
     return res, rss0, rss1
