@@ -189,6 +189,14 @@ def wrk(url, script, seconds, pids, connections=CONNECTIONS, profile=""):
     return res
 
 
+def message_body(size=1024):
+    """The benchmark's message: JSON of exactly `size` bytes."""
+    def of(text):
+        return json.dumps({"from": "bench@example.com", "to": ["rcpt@example.org"], "subject": "bench",
+                           "text": text})
+    return of("x" * 700 + "y" * (size - len(of("x" * 700))))
+
+
 def enqueue_script():
     """ENQUEUE_LUA as common/contract.cpp holds it."""
     with open(os.path.join(stackmod.ROOT, "common", "contract.cpp")) as f:
@@ -253,11 +261,7 @@ def main():
         unginx = su.start_nginx(workers=WORKERS, log_level="warn", access_log=False, redis=f"unix:{s.redis.unix}")
         r = redislib.Redis(port=s.redis.port)
         redis_pid = int(r.info("server")["process_id"])
-        text = "x" * 700
-        body = json.dumps({"from": "bench@example.com", "to": ["rcpt@example.org"], "subject": "bench",
-                           "text": text})
-        body = json.dumps({"from": "bench@example.com", "to": ["rcpt@example.org"], "subject": "bench",
-                           "text": text + "y" * (1024 - len(body))})
+        body = message_body()
         script = os.path.join(d, "post.lua")
         with open(script, "w") as f:
             f.write(POST.format(body=json.dumps(body), token=key.token(ttl=86400)))
