@@ -1,6 +1,5 @@
 #include "delivery.h"
 
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +18,8 @@
 
 namespace contract = mailapi::contract;
 namespace records = mailapi::records;
+
+using mailapi::wall_ms;
 
 namespace {
 
@@ -110,7 +111,7 @@ void Delivery::handle(QueueEntry entry, bool claimed) {
         drop(job);
         return;
     }
-    if (e.send_at > 0 && e.send_at * 1000 > mailapi::wall_ms()) {  // not due: wait in the scheduled set
+    if (e.send_at > 0 && e.send_at * 1000 > wall_ms()) {  // not due: wait in the scheduled set
         defer(job, e.send_at * 1000, e.attempt);
         return;
     }
@@ -200,7 +201,7 @@ bool Delivery::key_known(JobPtr job) {
     if (refresh_keyring && refresh_keyring() && keyring_.find(kid)) return true;
     const QueueEntry &e = job->entry;
     int64_t since = std::max(e.since_ms, e.send_at * 1000);
-    if (mailapi::wall_ms() - since > static_cast<int64_t>(cfg_.max_age) * 1000) {
+    if (wall_ms() - since > static_cast<int64_t>(cfg_.max_age) * 1000) {
         give_up(job, "sealed with key \"" + kid + "\", which deliveryd's keyring lacks", 0);
         return false;
     }
@@ -208,13 +209,13 @@ bool Delivery::key_known(JobPtr job) {
              {{"id", e.id}, {"key_id", kid}});
     std::string().swap(job->rec->message.envelope);
     job->rec->events.clear();
-    defer(job, mailapi::wall_ms() + KEY_WAIT_MS, e.attempt);  // not an attempt: nothing was tried
+    defer(job, wall_ms() + KEY_WAIT_MS, e.attempt);  // not an attempt: nothing was tried
     return false;
 }
 
 void Delivery::event(JobPtr job, std::string id, const char *type, const std::string &provider, int code,
                      const std::string &reason, int rcpt) {
-    job->rec->events.push_back({std::move(id), type, mailapi::wall_ms(), provider, code, reason});
+    job->rec->events.push_back({std::move(id), type, wall_ms(), provider, code, reason});
     job->rec->events.back().rcpt = rcpt;
 }
 
@@ -275,7 +276,7 @@ void Delivery::decide(JobPtr job) {
     // Age counts from when this generation began, or from send_at for a
     // message scheduled ahead.
     int64_t since = std::max(e.since_ms, e.send_at * 1000);
-    if (mailapi::wall_ms() - since > static_cast<int64_t>(cfg_.max_age) * 1000) {
+    if (wall_ms() - since > static_cast<int64_t>(cfg_.max_age) * 1000) {
         give_up(job, "expired before it could be sent", 0);
         return;
     }
@@ -333,7 +334,7 @@ void Delivery::suppress_bounced(JobPtr job, size_t i, int code, const std::strin
     if (!suppression::hard_bounce(code, reason) || i >= job->recipient_list.size()) return;
     std::vector<std::string> cmd = suppression::add_command(cfg_.stream, keyring_, job->entry.tenant,
                                                             job->recipient_list[i], contract::reason::BOUNCED,
-                                                            mailapi::wall_ms());
+                                                            wall_ms());
     if (cmd.empty()) return;
     queue_->suppress(std::move(cmd), [id = job->entry.id](bool ok) {
         if (!ok) log_warn("a hard-bounced recipient could not be suppressed", {{"id", id}});
@@ -466,11 +467,11 @@ void Delivery::send(JobPtr job, size_t index) {
 void Delivery::observe(JobPtr job, Provider *p, const SendOutcome &out, int64_t started) {
     log_info(out.result == SendResult::sent ? "sent" : "send failed",
              {{"id", job->entry.id}, {"tenant", job->entry.tenant}, {"provider", p->name()},
-              {"code", std::to_string(out.code)}, {"ms", std::to_string(mailapi::wall_ms() - started)},
+              {"code", std::to_string(out.code)}, {"ms", std::to_string(wall_ms() - started)},
               {"attempt", std::to_string(job->entry.attempt + 1)}, {"reason", out.reason}});
     job->tried |= !out.skipped;
     job->capable |= !out.unsupported;
-    if (!out.skipped) metrics_.observe(static_cast<double>(mailapi::wall_ms() - started) / 1000.0);
+    if (!out.skipped) metrics_.observe(static_cast<double>(wall_ms() - started) / 1000.0);
     metrics_.count(p->name(), out.skipped                             ? "skipped"
                               : out.result == SendResult::sent      ? "sent"
                               : out.result == SendResult::permanent ? "rejected"
@@ -479,7 +480,7 @@ void Delivery::observe(JobPtr job, Provider *p, const SendOutcome &out, int64_t 
 
 void Delivery::ask(JobPtr job, size_t index) {
     Provider *p = job->plan[index];
-    int64_t started = mailapi::wall_ms();
+    int64_t started = wall_ms();
     job->req.id = job->entry.id;
     job->req.tenant = job->entry.tenant;
     job->req.msg = &job->msg;
@@ -512,10 +513,10 @@ void Delivery::ask_each(JobPtr job, size_t index, std::shared_ptr<Personal> each
     Provider *p = job->plan[index];
     size_t i = each->left[each->next++];
     each->copy = mailapi::links::personalize(keyring_, job->msg, job->entry.tenant, job->entry.id,
-                                             static_cast<int>(i), mailapi::wall_ms() / 1000);
+                                             static_cast<int>(i), wall_ms() / 1000);
     job->req.msg = &each->copy;
     job->req.rcpts = {i};
-    int64_t started = mailapi::wall_ms();
+    int64_t started = wall_ms();
     p->send(job->req, [this, job, index, p, started, each, i](SendOutcome out) {
         observe(job, p, out, started);
         SendOutcome::Recipient r{i, out.result, out.code, out.reason};
@@ -524,7 +525,7 @@ void Delivery::ask_each(JobPtr job, size_t index, std::shared_ptr<Personal> each
             each->each_alike = false;
         }
         if (r.result == SendResult::sent) {
-            accept(job, i, p->name(), r.code, mailapi::wall_ms());
+            accept(job, i, p->name(), r.code, wall_ms());
             mark_taken(job);
             each->each_alike = false;
         } else {
@@ -565,7 +566,7 @@ void Delivery::answered(JobPtr job, size_t index, const std::string &provider, c
             return;
         }
         if (out.result == SendResult::sent) {
-            for (size_t i : std::vector<size_t>(job->pending)) accept(job, i, provider, out.code, mailapi::wall_ms());
+            for (size_t i : std::vector<size_t>(job->pending)) accept(job, i, provider, out.code, wall_ms());
             mark_taken(job);
             terminal(job);
             return;
@@ -611,7 +612,7 @@ void Delivery::each_recipient(JobPtr job, size_t index, const std::string &provi
     bool took = false;
     for (const SendOutcome::Recipient &r : out.recipients) {
         if (r.result == SendResult::sent) {
-            accept(job, r.index, provider, r.code, mailapi::wall_ms());
+            accept(job, r.index, provider, r.code, wall_ms());
             took = true;
         } else if (r.result == SendResult::permanent) {
             refuse(job, r.index, r.code, r.reason, false);
@@ -675,7 +676,7 @@ void Delivery::partly_taken(JobPtr job) {
 }
 
 void Delivery::wait_for_circuits(JobPtr job) {
-    int64_t due = mailapi::wall_ms() + static_cast<int64_t>(cfg_.breaker_cooldown) * 1000;
+    int64_t due = wall_ms() + static_cast<int64_t>(cfg_.breaker_cooldown) * 1000;
     int attempt = job->entry.attempt;
     if (job->taken_now.empty()) {  // nothing happened: nothing to record
         job->rec->events.clear();
@@ -699,7 +700,7 @@ void Delivery::retry(JobPtr job, const std::string &provider, const SendOutcome 
     double delay = std::min<double>(cfg_.retry_max_delay, cfg_.retry_base * std::pow(2.0, attempts - 1));
     delay = delay / 2 + std::uniform_real_distribution<double>(0, delay / 2)(rng_);
     delay = std::max<double>(delay, std::min(out.retry_after, cfg_.retry_max_delay));  // the provider's Retry-After
-    int64_t due = mailapi::wall_ms() + static_cast<int64_t>(delay * 1000);
+    int64_t due = wall_ms() + static_cast<int64_t>(delay * 1000);
     int64_t since = std::max(e.since_ms, e.send_at * 1000);
     if (due - since > static_cast<int64_t>(cfg_.max_age) * 1000) {
         give_up(job, "gave up: the next attempt would be past max_age: " + out.reason, out.code);

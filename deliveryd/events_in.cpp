@@ -10,14 +10,17 @@
 #include "later.h"
 #include "log.h"
 #include "message.h"
-#include "redis_reply.h"
 #include "provider_events.h"
 #include "records.h"
+#include "redis_reply.h"
 #include "suppression.h"
 
 namespace contract = mailapi::contract;
 namespace records = mailapi::records;
 namespace pevents = mailapi::pevents;
+
+using mailapi::wall_ms;
+using mailapi::reply_field;
 
 namespace {
 
@@ -146,9 +149,9 @@ void EventsIn::take(const redisReply *list) {
         }
         Entry en;
         en.stream_id = e->element[0]->str;
-        en.source = mailapi::reply_field(e->element[1], contract::field::SRC);
-        en.message_id = mailapi::reply_field(e->element[1], contract::field::MID);
-        en.sealed = mailapi::reply_field(e->element[1], contract::field::ENVELOPE);
+        en.source = reply_field(e->element[1], contract::field::SRC);
+        en.message_id = reply_field(e->element[1], contract::field::MID);
+        en.sealed = reply_field(e->element[1], contract::field::ENVELOPE);
         en.queued_ms = std::atoll(en.stream_id.c_str());
         if (!working_.count(en.stream_id)) handle(std::move(en));
     }
@@ -186,7 +189,7 @@ void EventsIn::lookup(const Entry &e, bool pending) {
                      {{"id", e.message_id}, {"source", e.source}});
             return finish(e);
         }
-        if (mailapi::wall_ms() - e.queued_ms > WAIT_FOR_RECORD_MS) {
+        if (wall_ms() - e.queued_ms > WAIT_FOR_RECORD_MS) {
             log_warn("provider event for a message the store never had: dropped",
                      {{"id", e.message_id}, {"source", e.source}});
             return finish(e);

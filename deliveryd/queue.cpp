@@ -1,6 +1,5 @@
 #include "queue.h"
 
-
 #include <cstdlib>
 #include <cstring>
 
@@ -11,6 +10,8 @@
 
 namespace contract = mailapi::contract;
 namespace fields = mailapi::contract::field;
+
+using mailapi::wall_ms;
 
 namespace {
 
@@ -257,7 +258,7 @@ void Queue::reap_cb(struct ev_loop *, ev_timer *w, int) noexcept {
 void Queue::mover_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Queue *>(w->data);
     self->script(MOVE,
-                 {"2", self->cfg_.stream, self->cfg_.scheduled, std::to_string(mailapi::wall_ms()), "500"}, [](redisReply *r) {
+                 {"2", self->cfg_.stream, self->cfg_.scheduled, std::to_string(wall_ms()), "500"}, [](redisReply *r) {
                      if (r && r->type == REDIS_REPLY_ERROR) log_error("scheduler failed", {{"error", r->str}});
                  });
 }
@@ -400,7 +401,7 @@ void Queue::sample(Metrics &m) {
         m.oldest_age_seconds = 0;
         if (m.queue_pending > 0 && r->element[1]->type == REDIS_REPLY_STRING) {
             // a stream id starts with its creation time in milliseconds
-            m.oldest_age_seconds = static_cast<double>(mailapi::wall_ms() - std::atoll(r->element[1]->str)) / 1000.0;
+            m.oldest_age_seconds = static_cast<double>(wall_ms() - std::atoll(r->element[1]->str)) / 1000.0;
         }
     });
 }

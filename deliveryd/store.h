@@ -21,14 +21,14 @@
 #include "config.h"
 #include "records.h"
 
-// What one outcome writes: the message's document (first time; an existing
-// one turns the events into event documents) or event documents.
 // A client of the store at `uri_text` (server selection and socket timeouts
 // added where the URI sets none) and its database (the URI's, else
 // "mailapi"); nullptr and err when the URI is bad.
 mongoc_client_t *store_client_open(const std::string &uri_text, const char *appname, std::string &database,
                                    std::string &err);
 
+// What one outcome writes: the message's document (first time; an existing
+// one turns the events into event documents) or event documents.
 struct RecordWrite {
     mailapi::records::Message message;
     std::vector<mailapi::records::Event> events;

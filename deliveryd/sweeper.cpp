@@ -20,6 +20,8 @@ namespace contract = mailapi::contract;
 namespace records = mailapi::records;
 using mailapi::Bson;
 
+using mailapi::wall_ms;
+
 namespace {
 
 // Who holds the lock: the consumer's name and a random part, so that two
@@ -208,7 +210,7 @@ void Sweeper::sweep() {
     }
     if (got->type != REDIS_REPLY_STATUS) return;  // another instance sweeps now
     const std::string cursor_key = contract::retention_cursor_key(stream_);
-    const int64_t now = mailapi::wall_ms() + offset_ms_;
+    const int64_t now = wall_ms() + offset_ms_;
     const int64_t cutoff = now - contract::RETENTION_GRACE_MS;
     const int64_t last_day = contract::expiry_day(cutoff);
     int64_t cursor = contract::expiry_day(contract::EPOCH_MS);  // nothing expires earlier

@@ -20,6 +20,9 @@
 namespace contract = mailapi::contract;
 namespace records = mailapi::records;
 
+using mailapi::wall_ms;
+using mailapi::reply_field;
+
 namespace {
 
 constexpr int BATCH = 32;
@@ -212,7 +215,7 @@ void Webhooks::poll_cb(struct ev_loop *, ev_timer *w, int) noexcept { static_cas
 void Webhooks::move_cb(struct ev_loop *, ev_timer *w, int) noexcept {
     auto *self = static_cast<Webhooks *>(w->data);
     self->redis_.command({"EVAL", contract::WH_MOVE_LUA, "2", self->stream_, contract::webhook_retry_key(self->cfg_.stream),
-                          std::to_string(mailapi::wall_ms()), "100", self->cfg_.stream + ":whe:"},
+                          std::to_string(wall_ms()), "100", self->cfg_.stream + ":whe:"},
                          [](redisReply *) {});
 }
 
@@ -258,11 +261,11 @@ void Webhooks::take(const redisReply *list) {
         }
         Delivery d;
         d.stream_id = e->element[0]->str;
-        d.endpoint = mailapi::reply_field(e->element[1], contract::field::EP);
-        d.event_id = mailapi::reply_field(e->element[1], contract::field::EID);
-        d.type = mailapi::reply_field(e->element[1], contract::field::TYPE);
-        d.attempt = std::max(0, std::min(100, std::atoi(mailapi::reply_field(e->element[1], contract::field::ATTEMPT).c_str())));
-        d.sealed = mailapi::reply_field(e->element[1], contract::field::ENVELOPE);
+        d.endpoint = reply_field(e->element[1], contract::field::EP);
+        d.event_id = reply_field(e->element[1], contract::field::EID);
+        d.type = reply_field(e->element[1], contract::field::TYPE);
+        d.attempt = std::max(0, std::min(100, std::atoi(reply_field(e->element[1], contract::field::ATTEMPT).c_str())));
+        d.sealed = reply_field(e->element[1], contract::field::ENVELOPE);
         if (!working_.count(d.stream_id)) handle(std::move(d));
     }
 }
@@ -303,7 +306,7 @@ void Webhooks::post(const Delivery &d, const Endpoint &ep) {
     std::istringstream in(secrets_text);
     std::string secret;
     long long expires;
-    int64_t now = mailapi::wall_ms();
+    int64_t now = wall_ms();
     while (in >> secret >> expires) {
         if (expires == 0 || expires > now) secrets.push_back(secret);
     }
@@ -353,7 +356,7 @@ void Webhooks::post(const Delivery &d, const Endpoint &ep) {
 
 void Webhooks::outcome(const Delivery &d, const Endpoint &ep, long status, const std::string &error, int retry_after,
                        double ms) {
-    int64_t now = mailapi::wall_ms();
+    int64_t now = wall_ms();
     bool ok = status >= 200 && status < 300;
     mailapi::Json line(json_object());
     json_object_set_new(line.get(), "at", json_string(mailapi::rfc3339_format_ms(now).c_str()));
@@ -386,7 +389,7 @@ void Webhooks::end(const Delivery &d, const std::string &log, const std::string 
     if (how == "disable") log_warn("webhook endpoint disabled", {{"endpoint", d.endpoint}, {"reason", reason}});
     bool sent = redis_.command({"EVAL", contract::WH_DONE_LUA, "3", stream_, contract::webhook_key(cfg_.stream, d.endpoint),
                                 contract::webhook_log_key(cfg_.stream, d.endpoint), cfg_.group, d.stream_id, log,
-                                std::to_string(contract::WEBHOOK_LOG_MAX), how, reason, std::to_string(mailapi::wall_ms())},
+                                std::to_string(contract::WEBHOOK_LOG_MAX), how, reason, std::to_string(wall_ms())},
                                [this, d](redisReply *) { working_.erase(d.stream_id); });
     if (!sent) working_.erase(d.stream_id);  // pending: taken over, tried again
 }
@@ -397,7 +400,7 @@ void Webhooks::retry(const Delivery &d, int64_t due_ms, const std::string &log) 
                                 contract::webhook_key(cfg_.stream, d.endpoint),
                                 contract::webhook_log_key(cfg_.stream, d.endpoint), cfg_.group, d.stream_id,
                                 std::to_string(due_ms), member, log, std::to_string(contract::WEBHOOK_LOG_MAX),
-                                std::to_string(mailapi::wall_ms()), std::to_string(cfg_.webhook_queue_max)},
+                                std::to_string(wall_ms()), std::to_string(cfg_.webhook_queue_max)},
                                [this, d](redisReply *) { working_.erase(d.stream_id); });
     if (!sent) working_.erase(d.stream_id);
 }
@@ -410,7 +413,7 @@ void Webhooks::drop(const Delivery &d) {
 
 void Webhooks::later(const Delivery &d) {
     bool sent = redis_.command({"EVAL", contract::WH_LATER_LUA, "3", stream_, contract::webhook_retry_key(cfg_.stream),
-                                contract::webhook_key(cfg_.stream, d.endpoint), cfg_.group, d.stream_id, std::to_string(mailapi::wall_ms() + LATER_MS),
+                                contract::webhook_key(cfg_.stream, d.endpoint), cfg_.group, d.stream_id, std::to_string(wall_ms() + LATER_MS),
                                 retry_member(d.endpoint, d.event_id, d.type, d.attempt, d.sealed)},
                                [this, d](redisReply *) { working_.erase(d.stream_id); });
     if (!sent) working_.erase(d.stream_id);

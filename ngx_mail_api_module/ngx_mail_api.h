@@ -119,16 +119,16 @@ T *ngx_mail_api_pool_new(ngx_pool_t *pool, Args &&...args) noexcept {
     return obj;
 }
 
-// ---------------------------------------------------------------- http
-
-ngx_int_t ngx_mail_api_send_json(ngx_http_request_t *r, ngx_uint_t status, const std::string &body) noexcept;
-
 // The event loop's cached wall time in milliseconds (event handlers only;
 // pool threads use mailapi::wall_ms() from common/clock.h).
 inline int64_t ngx_mail_api_now_ms() {
     ngx_time_t *tp = ngx_timeofday();
     return static_cast<int64_t>(tp->sec) * 1000 + tp->msec;
 }
+
+// ---------------------------------------------------------------- http
+
+ngx_int_t ngx_mail_api_send_json(ngx_http_request_t *r, ngx_uint_t status, const std::string &body) noexcept;
 ngx_int_t ngx_mail_api_send_error(ngx_http_request_t *r, ngx_uint_t status, const char *code,
                                   const std::string &message, const std::string &field = "") noexcept;
 // A small HTML page for a person (a recipient following a link): a title, a

@@ -35,6 +35,9 @@
 namespace contract = mailapi::contract;
 namespace records = mailapi::records;
 
+using mailapi::wall_ms;
+using mailapi::reply_field;
+
 namespace {
 
 constexpr size_t ERASE_MAX = 5000;          // messages a request
@@ -138,7 +141,7 @@ public:
     // The address stays suppressed while its mail is erased, as its key alone.
     void keep_suppressed() {
         check(command(c_.get(), {"EVAL", contract::SUPP_ADD_LUA, "2", contract::suppression_key(e_.stream, e_.tenant),
-                                 contract::suppression_time_key(e_.stream, e_.tenant), std::to_string(mailapi::wall_ms()),
+                                 contract::suppression_time_key(e_.stream, e_.tenant), std::to_string(wall_ms()),
                                  contract::reason::ERASED, std::to_string(contract::SUPPRESSIONS_MAX + 1), "1",
                                  e_.rkey, "-"}));
     }
@@ -223,14 +226,14 @@ public:
     void erase_waiting(const std::set<std::string> &ids) {
         if (ids.empty()) return;
         e_.events += erase_entries(contract::events_stream(e_.stream), ids, [](const redisReply *fields) {
-            return mailapi::reply_field(fields, contract::field::MID);
+            return reply_field(fields, contract::field::MID);
         });
         e_.webhooks += erase_entries(contract::webhooks_stream(e_.stream), ids, [](const redisReply *fields) {
-            return mailapi::reply_field(fields, contract::field::EID).substr(0, 30);  // "<message id>_<event id>"
+            return reply_field(fields, contract::field::EID).substr(0, 30);  // "<message id>_<event id>"
         });
         e_.webhooks += erase_retries(contract::webhook_retry_key(e_.stream), ids);
         erase_entries(contract::DEFAULT_DEAD_LETTERS, ids, [](const redisReply *fields) {
-            return mailapi::reply_field(fields, "id");
+            return reply_field(fields, "id");
         });
     }
 

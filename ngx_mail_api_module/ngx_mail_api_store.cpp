@@ -30,6 +30,8 @@
 #include "json.h"
 #include "records.h"
 
+using mailapi::wall_ms;
+
 namespace {
 
 namespace contract = mailapi::contract;
@@ -292,7 +294,7 @@ public:
     Walk(Reader &reader, const ngx_mail_api_task_t *t) : reader_(reader), t_(t) {
         // A record may be a little ahead of this clock (another host's); a
         // cursor from the future is worth no more than now.
-        bound_ms_ = mailapi::wall_ms() + contract::CLOCK_SKEW_MS;
+        bound_ms_ = wall_ms() + contract::CLOCK_SKEW_MS;
         if (!t->cursor.empty()) bound_ms_ = std::min(bound_ms_, contract::message_id_time_ms(t->cursor));
     }
 
@@ -402,7 +404,7 @@ void add_response(json_t *o, const records::Stored &s, size_t i) {
 
 json_t *recipients_json(const records::Stored &s, const std::vector<std::string> &rcpts) {
     json_t *arr = json_array();
-    std::vector<records::RecipientState> states = records::recipient_states(s, rcpts.size(), mailapi::wall_ms());
+    std::vector<records::RecipientState> states = records::recipient_states(s, rcpts.size(), wall_ms());
     for (size_t i = 0; i < rcpts.size(); i++) {
         json_t *o = json_object();
         json_object_set_new(o, "email", json_string(rcpts[i].c_str()));
@@ -424,7 +426,7 @@ constexpr size_t LARGE = 1u << 20;
 void add_state(json_t *item, records::Stored &s) {
     json_object_set_new(item, "id", json_string(s.id.c_str()));
     std::vector<std::string> rcpts = records::shown_recipients(item);  // none while only Redis knows it
-    json_object_set_new(item, "status", json_string(records::message_status(s, rcpts.size(), mailapi::wall_ms()).c_str()));
+    json_object_set_new(item, "status", json_string(records::message_status(s, rcpts.size(), wall_ms()).c_str()));
     json_object_set_new(item, "created_at", json_string(mailapi::rfc3339_format_ms(s.created_ms).c_str()));
     json_object_set_new(item, "updated_at", json_string(mailapi::rfc3339_format_ms(records::updated_ms(s)).c_str()));
     if (s.send_at) {
@@ -506,7 +508,7 @@ void answer_cancel(Reader &reader, ngx_mail_api_task_t *t, std::map<std::string,
         return answer_error(t, NGX_HTTP_NOT_FOUND, "not_found", "no such message");
     }
     records::finish(it->second);
-    if (records::status_of(it->second, mailapi::wall_ms()) == contract::status::CANCELLED) {
+    if (records::status_of(it->second, wall_ms()) == contract::status::CANCELLED) {
         t->status = NGX_HTTP_OK;
         t->body = "{\"id\":\"" + t->message_id + "\",\"status\":\"cancelled\"}";
         return;
